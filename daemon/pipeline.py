@@ -1,0 +1,64 @@
+"""Decode, decide, track alerts: the one path a message takes, live and in replay.
+
+Pure (no I/O, time passed in), so `emon replay` and the daemon cannot disagree: the daemon
+calls exactly this with the wall clock, replay with a virtual one.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from alerts.lifecycle import AlertBook
+from alerts.model import AlertTransition, Finding
+from daemon.wire import RejectReason, WireError, decode
+from geofence.config import CoreConfig
+from geofence.engine import Engine
+from geofence.observation import Observation
+
+
+@dataclass(slots=True)
+class Outcome:
+    observation: Observation | None = None
+    subject_id: str | None = None
+    findings: list[Finding] = field(default_factory=list)
+    transitions: list[AlertTransition] = field(default_factory=list)
+    rejection: WireError | None = None
+
+
+class Pipeline:
+    def __init__(self, config: CoreConfig) -> None:
+        self._config = config
+        self.engine = Engine(config)
+        self.book = AlertBook(officer_of=self._officer_of)
+        self.rejections: Counter[RejectReason] = Counter()
+
+    @property
+    def config(self) -> CoreConfig:
+        return self._config
+
+    def _officer_of(self, subject_id: str) -> str | None:
+        subject = self._config.subjects.get(subject_id)
+        return subject.officer_id if subject is not None else None
+
+    def swap_config(self, config: CoreConfig) -> None:
+        self._config = config
+        self.engine.swap_config(config)
+
+    def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+        try:
+            observation = decode(topic, payload, received_at)
+            spec = self._config.devices.get(observation.device_id)
+            if spec is None:
+                # A device not in the roster is refused, never evaluated or stored.
+                raise WireError(RejectReason.UNKNOWN_DEVICE, observation.device_id)
+        except WireError as error:
+            self.rejections[error.reason] += 1
+            return Outcome(rejection=error)
+        findings = self.engine.observe(observation, received_at)
+        transitions = [t for f in findings for t in self.book.apply(f)]
+        return Outcome(observation, spec.subject_id, findings, transitions)
+
+    def tick(self, now: datetime) -> list[AlertTransition]:
+        return [t for f in self.engine.tick(now) for t in self.book.apply(f)]

@@ -1,0 +1,212 @@
+"""Wire contract v1 decoding: the only place that trusts nothing (docs/wire.md).
+
+Pure: bytes, a topic and the arrival time in; a typed observation or a `WireError` with a
+short, stable reason code (a Prometheus label) out. Limits are explicit so that hostile or
+broken devices cost bounded work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from geofence.observation import DeviceEvent, DeviceEventType, FixSource, LocationFix, Observation
+
+TOPIC_ROOT = "emon/v1"
+DEVICE_TOPIC_PREFIX = f"{TOPIC_ROOT}/devices/"
+ALERTS_TOPIC_PREFIX = f"{TOPIC_ROOT}/alerts/"
+DEADLETTER_TOPIC_PREFIX = f"{TOPIC_ROOT}/deadletter/"
+DEVICE_SUBSCRIPTIONS = (f"{DEVICE_TOPIC_PREFIX}+/location", f"{DEVICE_TOPIC_PREFIX}+/event")
+
+MAX_PAYLOAD_BYTES = 4096  # a fix is ~150 bytes; anything this large is not a device talking
+MAX_EXTRA_FIELDS = 16
+# Devices store and forward while out of coverage, so old pings are normal; a month is the
+# longest any vendor buffers. A clock ahead by more than 15 minutes is a broken clock.
+MAX_PAST_AGE = timedelta(days=30)
+MAX_FUTURE_SKEW = timedelta(minutes=15)
+MAX_ACCURACY_M = 100_000.0
+DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+
+
+class RejectReason(StrEnum):
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    BAD_TOPIC = "bad_topic"
+    UNKNOWN_DEVICE = "unknown_device"
+    MISSING_FIELD = "missing_field"
+    BAD_TYPE = "bad_type"
+    NON_FINITE = "non_finite"
+    OUT_OF_RANGE = "out_of_range"
+    BAD_TIMESTAMP = "bad_timestamp"
+    TS_IN_FUTURE = "ts_in_future"
+    TS_TOO_OLD = "ts_too_old"
+    UNKNOWN_EVENT_TYPE = "unknown_event_type"
+
+
+class WireError(Exception):
+    def __init__(self, reason: RejectReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse_device_topic(topic: str) -> tuple[str, str]:
+    """`emon/v1/devices/<id>/<location|event>` -> (device_id, channel)."""
+    if not topic.startswith(DEVICE_TOPIC_PREFIX):
+        raise WireError(RejectReason.BAD_TOPIC, f"not a device topic: {topic[:120]!r}")
+    rest = topic[len(DEVICE_TOPIC_PREFIX) :].split("/")
+    if len(rest) != 2 or rest[1] not in ("location", "event"):
+        raise WireError(RejectReason.BAD_TOPIC, f"unknown device channel: {topic[:120]!r}")
+    if not DEVICE_ID_PATTERN.match(rest[0]):
+        raise WireError(RejectReason.BAD_TOPIC, f"invalid device id: {rest[0][:70]!r}")
+    return rest[0], rest[1]
+
+
+def device_id_of_topic(topic: str) -> str:
+    """Best-effort device id for dead-letter routing, even from a bad topic."""
+    if topic.startswith(DEVICE_TOPIC_PREFIX):
+        candidate = topic[len(DEVICE_TOPIC_PREFIX) :].split("/", 1)[0]
+        if DEVICE_ID_PATTERN.match(candidate):
+            return candidate
+    return "_unknown"
+
+
+def _reject_constant(value: str) -> Any:
+    raise ValueError(f"{value} is not a number")
+
+
+def load_json_object(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise WireError(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes")
+    try:
+        # parse_constant refuses NaN and Infinity, which Python's json accepts by default.
+        data = json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise WireError(RejectReason.NOT_JSON, str(exc)[:200]) from None
+    if not isinstance(data, dict):
+        raise WireError(RejectReason.NOT_OBJECT, f"top level is {type(data).__name__}")
+    return data
+
+
+def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:
+    if key not in data:
+        raise WireError(RejectReason.MISSING_FIELD, key)
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise WireError(RejectReason.BAD_TYPE, f"{key} must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise WireError(RejectReason.NON_FINITE, key)
+    if not low <= number <= high:
+        raise WireError(RejectReason.OUT_OF_RANGE, f"{key}={number} not in [{low}, {high}]")
+    return number
+
+
+def parse_timestamp(value: Any, received_at: datetime) -> datetime:
+    if isinstance(value, bool):
+        raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
+    if isinstance(value, int | float):
+        if not math.isfinite(float(value)):
+            raise WireError(RejectReason.NON_FINITE, "ts")
+        try:
+            ts = datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise WireError(RejectReason.BAD_TIMESTAMP, f"epoch {value} out of range") from None
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise WireError(RejectReason.BAD_TIMESTAMP, f"not RFC 3339: {value!r}") from None
+        if parsed.tzinfo is None:
+            raise WireError(RejectReason.BAD_TIMESTAMP, f"no UTC offset: {value!r}")
+        ts = parsed.astimezone(UTC)
+    else:
+        raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
+    if ts - received_at > MAX_FUTURE_SKEW:
+        raise WireError(RejectReason.TS_IN_FUTURE, f"{ts.isoformat()} is ahead of arrival")
+    if received_at - ts > MAX_PAST_AGE:
+        raise WireError(RejectReason.TS_TOO_OLD, f"{ts.isoformat()} is older than 30 days")
+    return ts
+
+
+def _extra(data: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    extra = {k: v for k, v in data.items() if k not in known}
+    if len(extra) > MAX_EXTRA_FIELDS:
+        extra = dict(list(extra.items())[:MAX_EXTRA_FIELDS])
+    return extra
+
+
+_LOCATION_KEYS = frozenset({"ts", "lat", "lon", "acc", "src", "batt"})
+_EVENT_KEYS = frozenset({"ts", "type"})
+
+
+def decode_location(device_id: str, data: dict[str, Any], received_at: datetime) -> LocationFix:
+    if "ts" not in data:
+        raise WireError(RejectReason.MISSING_FIELD, "ts")
+    ts = parse_timestamp(data["ts"], received_at)
+    lat = _number(data, "lat", -90.0, 90.0)
+    lon = _number(data, "lon", -180.0, 180.0)
+    accuracy = _number(data, "acc", 0.0, MAX_ACCURACY_M)
+    src_value = data.get("src", FixSource.GNSS.value)
+    try:
+        source = FixSource(src_value)
+    except ValueError:
+        raise WireError(RejectReason.OUT_OF_RANGE, f"src={str(src_value)[:20]!r}") from None
+    battery = _number(data, "batt", 0.0, 100.0) if "batt" in data else None
+    return LocationFix(
+        device_id=device_id,
+        ts=ts,
+        lat=lat,
+        lon=lon,
+        accuracy_m=accuracy,
+        source=source,
+        received_at=received_at,
+        battery_pct=battery,
+        extra=_extra(data, _LOCATION_KEYS),
+    )
+
+
+def decode_event(device_id: str, data: dict[str, Any], received_at: datetime) -> DeviceEvent:
+    if "ts" not in data:
+        raise WireError(RejectReason.MISSING_FIELD, "ts")
+    if "type" not in data:
+        raise WireError(RejectReason.MISSING_FIELD, "type")
+    ts = parse_timestamp(data["ts"], received_at)
+    try:
+        event_type = DeviceEventType(data["type"])
+    except (ValueError, TypeError):
+        raise WireError(
+            RejectReason.UNKNOWN_EVENT_TYPE, f"type={str(data['type'])[:40]!r}"
+        ) from None
+    return DeviceEvent(
+        device_id=device_id,
+        ts=ts,
+        type=event_type,
+        received_at=received_at,
+        attributes=_extra(data, _EVENT_KEYS),
+    )
+
+
+def decode(topic: str, payload: bytes, received_at: datetime) -> Observation:
+    device_id, channel = parse_device_topic(topic)
+    data = load_json_object(payload)
+    if channel == "location":
+        return decode_location(device_id, data, received_at)
+    return decode_event(device_id, data, received_at)
+
+
+def deadletter_payload(
+    topic: str, payload: bytes, received_at: datetime, error: WireError
+) -> dict[str, Any]:
+    return {
+        "reason": error.reason.value,
+        "detail": error.detail,
+        "topic": topic[:200],
+        "received_at": received_at.isoformat(),
+        "payload": payload[:1024].decode("utf-8", errors="replace"),
+    }
