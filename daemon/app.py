@@ -1,0 +1,400 @@
+"""The daemon: MQTT in, the pure pipeline, store and alerts out. One TaskGroup owns it all.
+
+Shutdown (SIGTERM/SIGINT) drains in stages, each with its own timeout:
+  1. ingest stops taking messages (the broker keeps queueing for our persistent session);
+  2. alert transitions already decided are recorded in the database and published;
+  3. buffered pings are flushed by the writer; the pool and HTTP close last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiomqtt
+import psycopg
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
+from daemon import metrics
+from daemon.configfiles import LoadedConfig
+from daemon.http import HttpServer
+from daemon.pipeline import Pipeline
+from daemon.store.alerts_repo import AlertRepository
+from daemon.store.errors import StoreError
+from daemon.store.migrations import migrate
+from daemon.store.pool import open_pool
+from daemon.store.writer import PingWriter
+from daemon.wire import (
+    ALERTS_TOPIC_PREFIX,
+    DEADLETTER_TOPIC_PREFIX,
+    DEVICE_SUBSCRIPTIONS,
+    deadletter_payload,
+    device_id_of_topic,
+)
+
+_LOGGER = logging.getLogger(__name__)
+
+OUTBOUND_QUEUE_SIZE = 10_000
+ALERT_RECORD_QUEUE_SIZE = 10_000
+RECONNECT_MIN_SECONDS = 0.5
+STARTUP_DB_RETRY_MAX_SECONDS = 10.0
+STAGE_INGEST_TIMEOUT_SECONDS = 5.0
+STAGE_ALERTS_TIMEOUT_SECONDS = 10.0
+ALERT_RECORD_RETRY_MAX_SECONDS = 10.0
+
+
+class DaemonError(Exception):
+    """Root of the daemon shell's own errors."""
+
+
+@dataclass(frozen=True, slots=True)
+class OutboundMessage:
+    kind: str  # "alert" or "deadletter": a metric label
+    topic: str
+    payload: bytes
+    qos: int = 1
+
+
+_STOP: Any = object()  # sentinel that tells a worker to finish
+
+
+def _alert_from_row(row: dict[str, Any]) -> Alert:
+    return Alert(
+        alert_id=str(row["alert_id"]),
+        subject_id=row["subject_id"],
+        device_id=row["device_id"],
+        rule=RuleId(row["rule"]),
+        zone_id=row["zone_id"],
+        tier=Tier(row["tier"]),
+        state=AlertState(row["state"]),
+        opened_at=row["opened_at"],
+        updated_at=row["updated_at"],
+        officer_id=row["officer_id"],
+        trigger=row["trigger"] or {},
+        last_evidence=row["last_evidence"] or {},
+        reason=row.get("reason") or "",
+        count=row["count"],
+        condition_active=row["condition_active"],
+        cleared_at=row["cleared_at"],
+        acknowledged_at=row["acknowledged_at"],
+        acknowledged_by=row["acknowledged_by"],
+        resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"],
+        disposition=row["disposition"],
+    )
+
+
+def _jittered(seconds: float) -> float:
+    return seconds * random.uniform(0.8, 1.2)
+
+
+class Daemon:
+    def __init__(self, loaded: LoadedConfig) -> None:
+        self._loaded = loaded
+        self._settings = loaded.settings
+        self._pipeline = Pipeline(loaded.core)
+        self._outbound: asyncio.Queue[OutboundMessage] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
+        self._alert_records: asyncio.Queue[Sequence[AlertTransition]] = asyncio.Queue(
+            ALERT_RECORD_QUEUE_SIZE
+        )
+        self._stop_requested = asyncio.Event()
+        self._stopping = False
+        self._stop_started: float | None = None
+        self._reader_busy = False
+        self._reader_task: asyncio.Task[None] | None = None
+        self._reader_done = asyncio.Event()
+        self._pending_publish: OutboundMessage | None = None
+        self._writer: PingWriter | None = None
+        self._mqtt_connected = False
+        self._exported_engine_stats: Counter[str] = Counter()
+        self.http_port: int | None = None
+
+    # ------------------------------------------------------------------ control
+
+    def request_stop(self) -> None:
+        if not self._stop_requested.is_set():
+            _LOGGER.info("stop requested: draining")
+            self._stop_requested.set()
+
+    def _stop_deadline_passed(self) -> bool:
+        loop = asyncio.get_running_loop()
+        return (
+            self._stop_started is not None
+            and loop.time() - self._stop_started > STAGE_ALERTS_TIMEOUT_SECONDS
+        )
+
+    def _health(self) -> dict[str, Any]:
+        return {
+            "ok": self._mqtt_connected,
+            "mqtt_connected": self._mqtt_connected,
+            "config_version": self._pipeline.config.version,
+            "open_alerts": len(self._pipeline.book.unresolved()),
+        }
+
+    async def run(self) -> None:
+        dsn = self._settings.database.dsn
+        if not dsn:
+            raise DaemonError("no database: set EMON_DATABASE_URL or database.dsn")
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        info = await self._migrate_with_retry(dsn)
+        _LOGGER.info(
+            "store ready: %s, schema %s",
+            "TimescaleDB" if info.timescale else "plain PostgreSQL", info.version,
+        )
+        metrics.CONFIG_INFO.labels(self._pipeline.config.version).set(1)
+        async with contextlib.AsyncExitStack() as stack:
+            pool = await stack.enter_async_context(open_pool(dsn))
+            repo = AlertRepository(pool)
+            await self._restore_alerts(repo)
+            self._writer = await stack.enter_async_context(PingWriter(pool))
+            http = await stack.enter_async_context(
+                HttpServer(self._settings.http.host, self._settings.http.port, self._health)
+            )
+            self.http_port = http.bound_port
+            scheduler = AsyncIOScheduler(timezone="UTC")
+            scheduler.add_job(
+                self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
+                id="emon-tick", max_instances=1, coalesce=True,
+            )
+            scheduler.start()
+            try:
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(self._mqtt_loop(), name="emon-mqtt")
+                    tasks.create_task(self._alert_recorder(repo), name="emon-alert-recorder")
+                    tasks.create_task(self._shutdown_controller(), name="emon-shutdown")
+            finally:
+                scheduler.shutdown(wait=False)
+            # Leaving the exit stack flushes the writer (stage 3), then closes HTTP and pool.
+        _LOGGER.info("stopped cleanly")
+
+    async def _migrate_with_retry(self, dsn: str) -> Any:
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            try:
+                return await migrate(dsn)
+            except StoreError as exc:
+                if self._stop_requested.is_set():
+                    raise DaemonError(f"stopped before the database was reachable: {exc}") from exc
+                _LOGGER.warning("database not ready (%s); retrying in %.1f s", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_requested.wait(), _jittered(delay))
+                delay = min(delay * 2, STARTUP_DB_RETRY_MAX_SECONDS)
+
+    async def _restore_alerts(self, repo: AlertRepository) -> None:
+        rows = await repo.list_alerts()
+        alerts = [_alert_from_row(r) for r in rows]
+        self._pipeline.book.restore(alerts)
+        _LOGGER.info("restored %d alerts (%d unresolved)", len(alerts),
+                     len(self._pipeline.book.unresolved()))
+        self._update_open_gauge()
+
+    async def _shutdown_controller(self) -> None:
+        await self._stop_requested.wait()
+        # Stage 1: stop ingest. Cancel the reader only while it waits for a message, never
+        # in the middle of handling one.
+        self._stopping = True
+        self._stop_started = asyncio.get_running_loop().time()
+        if self._reader_task is not None and not self._reader_busy:
+            self._reader_task.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reader_done.wait(), STAGE_INGEST_TIMEOUT_SECONDS)
+        # Stage 2: record and publish the alert transitions already decided.
+        await self._alert_records.put(_STOP)
+        await self._outbound.put(_STOP)
+
+    # ------------------------------------------------------------------ MQTT
+
+    async def _mqtt_loop(self) -> None:
+        mqtt = self._settings.mqtt
+        password = os.environ.get(mqtt.password_env) if mqtt.password_env else None
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            failed: Exception | None = None
+            try:
+                async with aiomqtt.Client(
+                    mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False,
+                    keepalive=mqtt.keepalive_seconds, username=mqtt.username, password=password,
+                ) as client:
+                    self._mqtt_connected = True
+                    metrics.MQTT_CONNECTED.set(1)
+                    delay = RECONNECT_MIN_SECONDS
+                    _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
+                    if not self._stopping:
+                        for topic in DEVICE_SUBSCRIPTIONS:
+                            await client.subscribe(topic, qos=1)
+                    async with asyncio.TaskGroup() as tasks:
+                        if not self._stopping:
+                            self._reader_task = tasks.create_task(
+                                self._read(client), name="emon-mqtt-reader"
+                            )
+                        await self._publish(client)
+                    return
+            except* aiomqtt.MqttError as group:
+                failed = group.exceptions[0] if group.exceptions else None
+            finally:
+                self._mqtt_connected = False
+                metrics.MQTT_CONNECTED.set(0)
+            metrics.MQTT_RECONNECTS.inc()
+            if self._stopping and self._stop_deadline_passed():
+                _LOGGER.error(
+                    "stopping without a broker: %d messages (alerts, dead letters) unpublished; "
+                    "alerts are in the database", self._outbound.qsize(),
+                )
+                return
+            _LOGGER.warning("broker connection lost (%s); reconnecting in %.1f s", failed, delay)
+            await asyncio.sleep(_jittered(delay))
+            delay = min(delay * 2, mqtt.reconnect_max_seconds)
+
+    async def _read(self, client: aiomqtt.Client) -> None:
+        try:
+            async for message in client.messages:
+                self._reader_busy = True
+                try:
+                    await self._handle(message)
+                finally:
+                    self._reader_busy = False
+                if self._stopping and len(client.messages) == 0:
+                    return
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        finally:
+            if self._stopping:
+                self._reader_done.set()
+
+    async def _handle(self, message: aiomqtt.Message) -> None:
+        received_at = datetime.now(UTC)
+        topic = message.topic.value
+        raw = message.payload
+        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+        with metrics.PROCESS_SECONDS.time():
+            outcome = self._pipeline.handle(topic, payload, received_at)
+        if outcome.rejection is not None:
+            reason = outcome.rejection.reason.value
+            metrics.MESSAGES_REJECTED.labels(reason).inc()
+            _LOGGER.debug("rejected %s: %s", topic, outcome.rejection)
+            body = deadletter_payload(topic, payload, received_at, outcome.rejection)
+            self._enqueue_nowait(
+                OutboundMessage(
+                    "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
+                    json.dumps(body, ensure_ascii=False).encode(), qos=0,
+                )
+            )
+            return
+        observation = outcome.observation
+        assert observation is not None
+        assert outcome.subject_id is not None
+        metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
+        metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
+        assert self._writer is not None
+        await self._writer.put(observation, outcome.subject_id)
+        if outcome.transitions:
+            await self._dispatch(outcome.transitions)
+
+    def _enqueue_nowait(self, message: OutboundMessage) -> None:
+        try:
+            self._outbound.put_nowait(message)
+        except asyncio.QueueFull:
+            metrics.QUEUE_OVERFLOW.labels("outbound_" + message.kind).inc()
+
+    async def _publish(self, client: aiomqtt.Client) -> None:
+        while True:
+            message = self._pending_publish
+            if message is None:
+                metrics.QUEUE_DEPTH.labels("outbound").set(self._outbound.qsize())
+                message = await self._outbound.get()
+                if message is _STOP:
+                    self._cancel_reader_if_running()
+                    return
+                self._pending_publish = message
+            try:
+                await client.publish(message.topic, message.payload, qos=message.qos)
+            except aiomqtt.MqttError:
+                metrics.PUBLISH_FAILURES.labels(message.kind).inc()
+                raise  # kept in _pending_publish; retried after reconnect
+            self._pending_publish = None
+
+    def _cancel_reader_if_running(self) -> None:
+        if self._reader_task is not None and not self._reader_task.done():
+            self._reader_task.cancel()
+
+    # ------------------------------------------------------------------ alerts
+
+    async def _dispatch(self, transitions: Sequence[AlertTransition]) -> None:
+        for transition in transitions:
+            alert = transition.alert
+            metrics.ALERT_TRANSITIONS.labels(
+                transition.kind.value, alert.rule.value, alert.tier.value
+            ).inc()
+            _LOGGER.info(
+                "alert %s %s: subject %s rule %s tier %s",
+                transition.kind.value, alert.alert_id, alert.subject_id, alert.rule.value,
+                alert.tier.value,
+            )
+            payload = json.dumps(transition.to_wire(), ensure_ascii=False).encode()
+            # Alerts are never dropped: a full queue slows ingest instead (backpressure).
+            await self._outbound.put(
+                OutboundMessage("alert", ALERTS_TOPIC_PREFIX + alert.subject_id, payload)
+            )
+        await self._alert_records.put(transitions)
+        self._update_open_gauge()
+
+    def _update_open_gauge(self) -> None:
+        counts = Counter(a.tier for a in self._pipeline.book.unresolved())
+        for tier in Tier:
+            metrics.OPEN_ALERTS.labels(tier.value).set(counts.get(tier, 0))
+
+    async def _alert_recorder(self, repo: AlertRepository) -> None:
+        while True:
+            metrics.QUEUE_DEPTH.labels("alert_records").set(self._alert_records.qsize())
+            batch = await self._alert_records.get()
+            if batch is _STOP:
+                return
+            delay = RECONNECT_MIN_SECONDS
+            while True:
+                try:
+                    await repo.record(batch)
+                    break
+                except (StoreError, psycopg.Error) as exc:
+                    # Never drop an alert: retry until the database is back.
+                    if self._stopping and self._stop_deadline_passed():
+                        _LOGGER.error(
+                            "stopping without a database: %d alert transitions unrecorded: %s",
+                            len(batch), [t.alert.alert_id for t in batch],
+                        )
+                        break
+                    _LOGGER.warning("recording alerts failed (%s); retry in %.1f s", exc, delay)
+                    await asyncio.sleep(_jittered(delay))
+                    delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
+
+    async def _tick_job(self) -> None:
+        try:
+            transitions = self._pipeline.tick(datetime.now(UTC))
+            if transitions:
+                await self._dispatch(transitions)
+            self._export_engine_stats()
+        except Exception:
+            # A failing tick must never stop the scheduler; the next tick tries again.
+            _LOGGER.exception("tick failed")
+
+    def _export_engine_stats(self) -> None:
+        stats = self._pipeline.engine.stats
+        for name, value in stats.items():
+            delta = value - self._exported_engine_stats[name]
+            if delta > 0:
+                metrics.ENGINE_EVENTS.labels(name).inc(delta)
+        self._exported_engine_stats = Counter(stats)

@@ -1,0 +1,37 @@
+"""Prometheus metrics of the daemon shell (the store has its own, prefixed emon_store_)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES_RECEIVED = Counter(
+    "emon_messages_received_total", "MQTT messages received from devices", ["channel"]
+)
+MESSAGES_REJECTED = Counter(
+    "emon_messages_rejected_total", "Device messages refused by the wire decoder", ["reason"]
+)
+OBSERVATIONS_PROCESSED = Counter(
+    "emon_observations_processed_total", "Observations evaluated by the core", ["kind"]
+)
+ENGINE_EVENTS = Counter(
+    "emon_engine_events_total", "Noise-discipline decisions of the core (late, jump, ...)",
+    ["event"],
+)
+ALERT_TRANSITIONS = Counter(
+    "emon_alert_transitions_total", "Alert transitions decided", ["transition", "rule", "tier"]
+)
+OPEN_ALERTS = Gauge("emon_open_alerts", "Unresolved alerts", ["tier"])
+QUEUE_DEPTH = Gauge("emon_queue_depth", "Items waiting in a bounded queue", ["queue"])
+QUEUE_OVERFLOW = Counter(
+    "emon_queue_overflow_total", "Items refused by a full bounded queue", ["queue"]
+)
+MQTT_CONNECTED = Gauge("emon_mqtt_connected", "1 while connected to the broker")
+MQTT_RECONNECTS = Counter("emon_mqtt_reconnects_total", "Broker connection attempts that failed")
+PUBLISH_FAILURES = Counter(
+    "emon_mqtt_publish_failures_total", "Publishes that failed and were retried", ["kind"]
+)
+PROCESS_SECONDS = Histogram(
+    "emon_message_process_seconds", "Time to decode and evaluate one message",
+    buckets=(0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1),
+)
+CONFIG_INFO = Gauge("emon_config_info", "Loaded config version", ["version"])
