@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.model import DEFAULT_TIERS
+from alerts.model import DEFAULT_TIERS, TransitionKind
 from simulators import cli as sim_cli
 from simulators import scripted_day as sd
 from simulators.publisher import encode_payload, publish
@@ -610,3 +610,36 @@ async def test_publish_paces_by_speed(mosquitto: Broker) -> None:
     assert f"published {count}/{count}" in last_line
     assert messages[-1].payload["ts"] in last_line
     assert span_s / 300 - 0.05 <= elapsed < span_s / 300 + 3.0
+
+
+# --- the daemon's own pipeline agrees --------------------------------------------------------
+
+
+def test_pipeline_raises_exactly_the_expected_alerts(day_messages: list[SimMessage]) -> None:
+    """Fed through the pure pipeline with the shipped config, the day opens exactly the
+    expected alerts (virtual time; ticks as in the daemon)."""
+    from daemon.configfiles import load_config
+    from daemon.pipeline import Pipeline
+
+    loaded = load_config(Path(__file__).resolve().parent.parent / "config", env={})
+    pipeline = Pipeline(loaded.core)
+    tick = timedelta(seconds=loaded.settings.tick_interval_seconds)
+    next_tick = day_messages[0].at
+    opened: list[tuple[str, str, str, str | None]] = []
+    for message in day_messages:
+        transitions = []
+        while next_tick <= message.at:
+            transitions += pipeline.tick(next_tick)
+            next_tick += tick
+        outcome = pipeline.handle(message.topic, encode_payload(message.payload), message.at)
+        assert outcome.rejection is None, outcome.rejection
+        transitions += outcome.transitions
+        opened += [
+            (t.alert.subject_id, t.alert.rule.value, t.alert.tier.value, t.alert.zone_id)
+            for t in transitions
+            if t.kind is TransitionKind.OPENED
+        ]
+    assert sorted(opened, key=str) == sorted(
+        ((a.subject_id, a.rule.value, a.tier.value, a.zone_id) for a in expected_alerts()),
+        key=str,
+    )
