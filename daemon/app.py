@@ -119,6 +119,7 @@ class Daemon:
         self._mqtt_connected = False
         self._exported_engine_stats: Counter[str] = Counter()
         self.http_port: int | None = None
+        self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
     # ------------------------------------------------------------------ control
 
@@ -133,6 +134,10 @@ class Daemon:
             self._stop_started is not None
             and loop.time() - self._stop_started > STAGE_ALERTS_TIMEOUT_SECONDS
         )
+
+    @property
+    def open_alert_count(self) -> int:
+        return len(self._pipeline.book.unresolved())
 
     def _health(self) -> dict[str, Any]:
         return {
@@ -225,10 +230,17 @@ class Daemon:
         while True:
             failed: Exception | None = None
             try:
-                async with aiomqtt.Client(
+                client = aiomqtt.Client(
                     mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False,
                     keepalive=mqtt.keepalive_seconds, username=mqtt.username, password=password,
-                ) as client:
+                )
+                # aiomqtt has no manual acknowledgement; its paho client does. A QoS 1 message
+                # is acknowledged only after it has been evaluated and handed to the writer,
+                # so one that was received but not handled (shutdown, crash) is redelivered
+                # by the broker from our persistent session, and the idempotent store keeps
+                # one row.
+                client._client.manual_ack_set(True)
+                async with client:
                     self._mqtt_connected = True
                     metrics.MQTT_CONNECTED.set(1)
                     delay = RECONNECT_MIN_SECONDS
@@ -236,6 +248,7 @@ class Daemon:
                     if not self._stopping:
                         for topic in DEVICE_SUBSCRIPTIONS:
                             await client.subscribe(topic, qos=1)
+                        self.ready.set()
                     async with asyncio.TaskGroup() as tasks:
                         if not self._stopping:
                             self._reader_task = tasks.create_task(
@@ -265,6 +278,8 @@ class Daemon:
                 self._reader_busy = True
                 try:
                     await self._handle(message)
+                    if message.qos > 0:
+                        client._client.ack(message.mid, message.qos)
                 finally:
                     self._reader_busy = False
                 if self._stopping and len(client.messages) == 0:
