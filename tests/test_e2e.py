@@ -147,7 +147,8 @@ async def test_scripted_day_end_to_end(
             assert alert[field] is not None or field == "zone_id", field
     assert deadletters[0]["reason"] in {"missing_field", "bad_type"}
 
-    # Wait until the daemon has handled every message, then SIGTERM: it drains (alerts recorded, pings flushed) and exits 0.
+    # Wait until the daemon has handled every message, then SIGTERM: it drains (alerts
+    # recorded, pings flushed) and exits 0.
     await _wait_processed(http_port, len(messages))
     process.send_signal(signal.SIGTERM)
     exit_code = await asyncio.to_thread(process.wait, DRAIN_TIMEOUT_SECONDS)
