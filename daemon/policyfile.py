@@ -33,6 +33,7 @@ from alerts.policy import (
 from alerts.suppression import MAX_SILENCE_SECONDS
 
 POLICIES_FILE = "policies.yaml"
+MQTT_ENDPOINT = "mqtt"  # built in: emon/v1/officers/<officer_id>/notifications
 
 DEFAULT_SWEEP_INTERVAL_SECONDS = 5.0
 DAY_SECONDS = 24 * 3600.0
@@ -211,6 +212,8 @@ class PoliciesFile(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> PoliciesFile:
+        if MQTT_ENDPOINT in self.notifiers:
+            raise ValueError(f"notifiers: {MQTT_ENDPOINT!r} is reserved for the MQTT topics")
         for officer_id, contacts in self.contacts.items():
             for contact in contacts:
                 endpoint = self.notifiers.get(contact.endpoint)
