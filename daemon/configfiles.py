@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
@@ -268,7 +268,7 @@ class LoadedConfig:
     subjects: SubjectsFile
     schedules: SchedulesFile
     core: CoreConfig
-    policies: PoliciesFile = PoliciesFile()
+    policies: PoliciesFile = field(default_factory=PoliciesFile)
 
     @property
     def officers(self) -> Mapping[str, OfficerModel]:
