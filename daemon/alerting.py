@@ -84,6 +84,8 @@ class AlertingService:
             PUBLISH_LOG_QUEUE_SIZE
         )
         self._sweep_lock = asyncio.Lock()
+        self._sweep_running = False
+        self._sweep_again = False
         self._last_sweep_error: str | None = None
 
     async def __aenter__(self) -> Self:
@@ -117,7 +119,9 @@ class AlertingService:
 
     def sweep_soon(self) -> None:
         """Run the sweep job now (a new alert's first step should not wait an interval)."""
-        if self._scheduler is not None and not self._stop.is_set():
+        if self._sweep_running:
+            self._sweep_again = True  # the running job goes round once more
+        elif self._scheduler is not None and not self._stop.is_set():
             with contextlib.suppress(Exception):  # the job is gone during shutdown
                 self._scheduler.modify_job(SWEEP_JOB_ID, next_run_time=datetime.now(UTC))
 
@@ -162,12 +166,21 @@ class AlertingService:
             silences=silences, leave=self._leave,
         )
 
+    def _book_is_ahead(self, stored: Alert) -> bool:
+        """The AlertBook (single writer) has acknowledged or resolved what the database
+        still has open: the recorder is about to store it."""
+        current = self._pipeline.book.get(stored.alert_id)
+        if current is None or current.state is stored.state:
+            return False
+        return current.state is AlertState.RESOLVED or stored.state is AlertState.OPEN
+
     async def sweep(self, now: datetime | None = None) -> list[AlertTransition]:
         """One sweep: claim due escalations, decide, store, publish. Returns what it decided."""
         async with self._sweep_lock:  # one sweep at a time in this process
             now = datetime.now(UTC) if now is None else now
             transitions = await self.store.sweep(
-                now, self._pipeline.config.alerting, self.router, self.mute_of
+                now, self._pipeline.config.alerting, self.router, self.mute_of,
+                newer=self._book_is_ahead,
             )
         if transitions:
             for t in transitions:
@@ -180,10 +193,12 @@ class AlertingService:
     async def sweep_job(self) -> None:
         if self._stop.is_set():
             return
+        self._sweep_running = True
         try:
             # A sweep handles one batch of due rows; a backlog (after an outage) takes a few.
             for _ in range(SWEEP_ROUNDS_PER_JOB):
-                if not await self.sweep() or self._stop.is_set():
+                self._sweep_again = False
+                if self._stop.is_set() or not (await self.sweep() or self._sweep_again):
                     break
             alert_metrics.SWEEPS.labels("ok").inc()
             if self._last_sweep_error is not None:
@@ -199,6 +214,8 @@ class AlertingService:
         except Exception:
             alert_metrics.SWEEPS.labels("error").inc()
             _LOGGER.exception("escalation sweep failed")
+        finally:
+            self._sweep_running = False
 
     # ------------------------------------------------------------------ MQTT alerts topic
 

@@ -144,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)
 
+    from daemon.alerts_cli import add_parsers as add_alert_parsers
+
+    add_alert_parsers(sub, DEFAULT_CONFIG_DIR)
+
     from simulators.cli import add_parser as add_sim_parser
 
     add_sim_parser(sub)

@@ -310,12 +310,17 @@ class LifecycleStore:
         mute_of: MuteOf,
         *,
         limit: int = SWEEP_BATCH_ROWS,
+        newer: Callable[[Alert], bool] = lambda _alert: False,
     ) -> list[AlertTransition]:
         """Claim the escalations due by `now`, advance them, store everything they decided.
 
         Rows locked by another sweep (another daemon) are skipped, not waited for; after
         the commit their wake_at lies in the future, so nobody claims them again until the
         next step is due. Returns the escalation transitions, for publishing.
+
+        `newer(alert)` says the caller knows a newer state of that alert than the row
+        (an acknowledgement the recorder has not stored yet): such rows are left for the
+        recorder to move on, so nobody is notified of an alert already taken.
         """
 
         async def body(conn: AsyncConnection[TupleRow]) -> list[AlertTransition]:
@@ -344,6 +349,8 @@ class LifecycleStore:
                 for row in rows:
                     state = _state_from_row(row, "esc_")
                     alert = alert_from_row(row)
+                    if newer(alert):
+                        continue
                     if alert.state is AlertState.RESOLVED:
                         done = EscalationState(
                             state.alert_id, state.tier, Phase.DONE, state.step,
