@@ -75,9 +75,9 @@ async def publish_event(host: str, port: int, device_id: str, kind: str,
         await client.publish(f"emon/v1/devices/{device_id}/event", json.dumps(payload), qos=1)
 
 
-async def eventually(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
+async def eventually(predicate: Any, within: float = 15.0, what: str = "condition") -> Any:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while True:
         value = predicate()
         if asyncio.iscoroutine(value):
@@ -85,5 +85,5 @@ async def eventually(predicate: Any, timeout: float = 15.0, what: str = "conditi
         if value:
             return value
         if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
+            raise AssertionError(f"{what} not reached within {within} s")
         await asyncio.sleep(0.05)
