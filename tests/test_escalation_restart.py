@@ -89,7 +89,9 @@ async def wait_healthy(process: subprocess.Popen[bytes], port: int, log: Path) -
     for _ in range(600):
         if await asyncio.to_thread(_healthy, port):
             return
-        assert process.poll() is None, log.read_text(errors="replace")[-3000:]
+        if process.poll() is not None:
+            tail = await asyncio.to_thread(log.read_text, errors="replace")
+            raise AssertionError("daemon exited during start-up:\n" + tail[-3000:])
         await asyncio.sleep(0.1)
     raise AssertionError("daemon not healthy in time")
 
