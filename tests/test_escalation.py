@@ -305,3 +305,41 @@ def test_transitions_without_state_start_one() -> None:
     assert state is not None
     assert state.phase is Phase.LADDER
     assert state.alert_id == opened.alert.alert_id
+
+
+def test_replay_escalates_in_virtual_time_like_the_daemon() -> None:
+    """`emon replay` runs the ladder with the daemon's pure functions: each alert of the
+    scripted day gets its first step when it opens and its second one step later."""
+    import io
+    import json
+    from datetime import date
+    from pathlib import Path
+
+    from daemon.configfiles import load_config
+    from daemon.replay import replay_lines
+    from simulators.scripted_day import replay_record, scripted_day
+
+    loaded = load_config(Path(__file__).resolve().parent.parent / "config", env={})
+    lines = [json.dumps(replay_record(m)) for m in scripted_day(date(2026, 11, 20))]
+    out = io.StringIO()
+    replay_lines(lines, loaded.core, 15.0, out, None)
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    opened = {r["alert_id"]: r for r in records if r["transition"] == "opened"}
+    assert opened
+    for alert_id, alert in opened.items():
+        ladder = [r for r in records if r["alert_id"] == alert_id
+                  and r["transition"] in ("notified", "escalated")]
+        assert ladder, alert_id
+        assert ladder[0]["transition"] == "notified"
+        assert ladder[0]["transition_at"] == alert["opened_at"]
+        policy = loaded.core.alerting.policy(Tier(alert["tier"]))
+        if len(ladder) > 1:
+            gap = datetime.fromisoformat(ladder[1]["transition_at"]) - datetime.fromisoformat(
+                ladder[0]["transition_at"]
+            )
+            assert gap.total_seconds() == policy.steps[0].timeout_seconds
+    quiet = io.StringIO()
+    replay_lines(lines, loaded.core, 15.0, quiet, None, escalation=False)
+    assert {json.loads(line)["transition"] for line in quiet.getvalue().splitlines()} <= {
+        "opened", "updated", "cleared", "resolved", "reopened"
+    }
