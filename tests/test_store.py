@@ -418,6 +418,38 @@ async def test_outage_is_logged_once_and_every_row_is_stored(
     assert sum("recovered" in m for m in messages) == 1, messages
 
 
+async def test_shutdown_with_the_database_down_reports_unwritten_rows(
+    migrated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = migrated
+    dbname = await scalar(dsn, "SELECT current_database()")
+    admin = make_conninfo(dsn, dbname="postgres")
+    abandoned_before = metric("emon_store_rows_abandoned_total")
+    async with open_pool(dsn, min_size=1) as pool:
+        writer = PingWriter(
+            pool,
+            batch_timeout_seconds=0.3,
+            close_drain_timeout_seconds=1.0,
+            close_stop_timeout_seconds=2.0,
+        )
+        await execute(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        try:
+            await _terminate_backends(admin, "application_name = 'emon'", database=dbname)
+            started = asyncio.get_running_loop().time()
+            async with writer:
+                for i in range(10):
+                    await writer.put(fix("dev-x", i), "subject-x")
+            # Bounded by the drain and stop timeouts, not by the outage.
+            assert asyncio.get_running_loop().time() - started < 3.5
+        finally:
+            await execute(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        with pytest.raises(StoreClosedError):
+            writer.try_put(fix("dev-x", 11), "subject-x")
+
+    assert metric("emon_store_rows_abandoned_total") - abandoned_before == 10
+    assert "ping writer stopped with 10 rows unwritten" in caplog.text
+
+
 # --------------------------------------------------------------------------- alerts
 
 
