@@ -254,13 +254,14 @@ async def test_replaying_a_batch_stores_nothing_new(migrated: str) -> None:
 
 async def test_few_rows_are_flushed_by_age(migrated: str) -> None:
     dsn = migrated
-    async with open_pool(dsn) as pool, PingWriter(pool, flush_interval_seconds=0.1) as writer:
+    age = 0.5
+    async with open_pool(dsn) as pool, PingWriter(pool, flush_interval_seconds=age) as writer:
         started = asyncio.get_running_loop().time()
         for i in range(3):
             await writer.put(fix("dev-a", i), "subject-a")
-        assert await count(dsn, "pings") == 0  # not due yet: 3 rows, 100 ms
+        assert await count(dsn, "pings") == 0  # not due yet: 3 rows, younger than `age`
         await eventually_count(dsn, "pings", 3)
-        assert asyncio.get_running_loop().time() - started >= 0.1
+        assert asyncio.get_running_loop().time() - started >= age
         assert writer.buffered == 0
 
 
