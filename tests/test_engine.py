@@ -254,14 +254,6 @@ def test_fast_but_plausible_movement_is_accepted(engine: Engine) -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Engine._implausible re-accepts after max_consecutive_jump_rejections "
-    "rejections in a row without checking that the rejected fixes agree with each other "
-    "(geofence/config.py promises 'rejected fixes in a row that agree with each other'); "
-    "four scattered outliers in a row make the fourth one accepted",
-)
 def test_scattered_outliers_in_a_row_are_all_rejected(engine: Engine) -> None:
     t0 = local(12)
     settle_inside(engine, t0, (0.0, 0.0))
@@ -438,14 +430,6 @@ def test_curfew_exception_date_suppresses_the_night() -> None:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Engine._scheduled: a fix taken before the window start but evaluated after "
-    "the tick that raised curfew_away (store-and-forward / upload latency) CLEARS the "
-    "violation at the fix's ts, although that fix shows the person still away; the next fix "
-    "raises it again (raised, cleared, raised)",
-)
 def test_delayed_fix_from_before_window_start_does_not_clear_curfew(engine: Engine) -> None:
     leave_home_at_2130(engine)
     assert len(engine.tick(local(22, 0, 0))) == 1
@@ -454,13 +438,6 @@ def test_delayed_fix_from_before_window_start_does_not_clear_curfew(engine: Engi
     assert engine.observe(fix(*OUT_OF_HOME, local(22, 0, 50)), local(22, 0, 55)) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: Engine._scheduled: a fix taken before the window end but evaluated after "
-    "the tick that cleared curfew_away at 06:00 RAISES it again (with at = 22:00 the "
-    "evening before); the next fix clears it again",
-)
 def test_delayed_fix_from_before_window_end_does_not_reraise_curfew(engine: Engine) -> None:
     leave_home_at_2130(engine)
     assert len(engine.tick(local(22, 0, 10))) == 1

@@ -216,13 +216,6 @@ def test_replay_ticks_raise_curfew_at_window_start_between_sparse_fixes() -> Non
     assert stats.transitions == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG (seen through replay): a fix taken seconds before 22:00 but received after "
-    "the 22:00 tick clears curfew_away (Engine._scheduled), and the next fix raises it "
-    "again: the officer sees opened, cleared, updated (count 2) for one continuous absence",
-)
 def test_replay_curfew_does_not_flap_with_upload_latency() -> None:
     # One fix a minute at hh:mm:59, received 2 s later; ticks every 15 s from 21:01:01,
     # so the 22:00:01 tick runs just before the 21:59:59 fix is read.
@@ -268,14 +261,6 @@ def test_parse_line_rejects_with_replay_line_error(line: str) -> None:
         parse_line(line)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ReplayLineError,
-    reason="BUG: daemon.replay.parse_line checks received_at with parse_timestamp against a "
-    "fixed 2000-01-01 arrival, so any real epoch-seconds time fails TS_IN_FUTURE and the "
-    "fromisoformat fallback cannot parse a number: a line whose received_at (or, when absent, "
-    "payload ts) is epoch seconds - valid on the wire - is counted as a bad line",
-)
 @pytest.mark.parametrize("where", ["received_at", "payload_ts"])
 def test_parse_line_accepts_epoch_seconds(where: str) -> None:
     epoch = datetime(2026, 11, 20, 2, 0, tzinfo=UTC).timestamp()
@@ -286,14 +271,6 @@ def test_parse_line_accepts_epoch_seconds(where: str) -> None:
     assert message.received_at == datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(UnicodeEncodeError, OverflowError),
-    reason="BUG: daemon.replay.parse_line lets non-ReplayLineError exceptions escape, so "
-    "replay_lines stops on the line: a string payload with a lone surrogate (valid JSON "
-    "'\\ud800') raises UnicodeEncodeError from payload.encode(); a received_at far outside "
-    "datetime's range or a huge integer raises OverflowError from parse_timestamp",
-)
 @pytest.mark.parametrize(
     "bad",
     [
