@@ -44,9 +44,9 @@ _LOGGER = logging.getLogger(__name__)
 FLUSH_ROWS = 1_000
 # ...or when the oldest buffered row is this old, whichever comes first.
 FLUSH_INTERVAL_SECONDS = 0.2
-# Rows waiting in memory before `put` waits (backpressure) and `try_put` refuses
-# (the batch being written, up to MAX_BATCH_ROWS, comes on top). About 25 MB; at
-# 100 pings/s that rides out over 8 minutes of database outage.
+# Rows waiting in memory before `put` waits (backpressure) and `try_put` refuses;
+# the batches being written (WRITE_CONCURRENCY x up to MAX_BATCH_ROWS) come on top.
+# About 25 MB; at 100 pings/s that rides out over 8 minutes of database outage.
 BUFFER_ROWS = 50_000
 # One attempt to write one batch, connection checkout included. A server that stops
 # answering (network partition) turns into a retried error, not a stuck writer.
@@ -567,7 +567,7 @@ class PingWriter:
                 await asyncio.sleep(random.uniform(0, self._retry_initial))
                 continue
             except Exception as exc:  # whatever it is: keep the batch and retry
-                self._note_failure(start, exc, len(batch))
+                self._note_failure(start, exc)
                 delay = min(self._retry_max, self._retry_initial * 2**attempt)
                 attempt += 1
                 # Equal jitter: at least half the delay, so retries stay spaced out.
@@ -576,7 +576,7 @@ class PingWriter:
             self._note_success(start)
             return
 
-    def _note_failure(self, start: int, exc: Exception, rows: int) -> None:
+    def _note_failure(self, start: int, exc: Exception) -> None:
         _WRITE_ERRORS.labels(error=type(exc).__name__).inc()
         self._failing.add(start)
         now = time.monotonic()
