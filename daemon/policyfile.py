@@ -274,7 +274,8 @@ def reference_problems(
     for tier in Tier:
         policy = alerting.policy(tier)
         targets = [t for step in policy.steps for t in step.targets]
-        for officer_id in sorted(set(subject_officers.values())):
+        # An undefined officer is reported by subjects.yaml's own check.
+        for officer_id in sorted(set(subject_officers.values()) & set(officers)):
             if not alerting.directory.resolve(targets, officer_id):
                 problems.append(
                     (f"tiers.{tier.value}.steps", officer_id,

@@ -3,9 +3,11 @@
 Each line is `{"topic": ..., "payload": {...} | "<raw text>", "received_at": "<RFC 3339>"}`
 in arrival order; `received_at` defaults to the payload's `ts` and drives the virtual clock.
 Ticks run at the same interval as in the daemon, so time-driven rules behave as live.
-Escalation (policies.yaml) runs in the same virtual time with the daemon's pure functions,
-so the output has the `notified`/`escalated`/`reminded` lines the live daemon would publish
-if nobody acknowledged (silences and leave are not in a recording; inhibitions are).
+With `escalation` (`emon replay --escalation`), the escalation ladder (policies.yaml) runs in
+the same virtual time with the daemon's pure functions, so the output also has the
+`notified`/`escalated`/`reminded` lines the live daemon would publish if nobody acknowledged
+(silences and leave are not in a recording; inhibitions are). Off by default: the plain
+output is the alerts' own lifecycle, which is what tuning a rule is about.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class Replayer:
     """Runs messages through a pipeline with ticks on a virtual clock."""
 
     def __init__(
-        self, config: CoreConfig, tick_interval_seconds: float, escalation: bool = True
+        self, config: CoreConfig, tick_interval_seconds: float, escalation: bool = False
     ) -> None:
         self.pipeline = Pipeline(config)
         self._tick = timedelta(seconds=tick_interval_seconds)
@@ -151,7 +153,7 @@ def replay_lines(
     tick_interval_seconds: float,
     out: IO[str],
     progress: IO[str] | None = sys.stderr,
-    escalation: bool = True,
+    escalation: bool = False,
 ) -> ReplayStats:
     replayer = Replayer(config, tick_interval_seconds, escalation)
     last_at: datetime | None = None

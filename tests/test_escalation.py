@@ -322,7 +322,7 @@ def test_replay_escalates_in_virtual_time_like_the_daemon() -> None:
     loaded = load_config(Path(__file__).resolve().parent.parent / "config", env={})
     lines = [json.dumps(replay_record(m)) for m in scripted_day(date(2026, 11, 20))]
     out = io.StringIO()
-    replay_lines(lines, loaded.core, 15.0, out, None)
+    replay_lines(lines, loaded.core, 15.0, out, None, escalation=True)
     records = [json.loads(line) for line in out.getvalue().splitlines()]
     opened = {r["alert_id"]: r for r in records if r["transition"] == "opened"}
     assert opened
@@ -339,7 +339,7 @@ def test_replay_escalates_in_virtual_time_like_the_daemon() -> None:
             )
             assert gap.total_seconds() == policy.steps[0].timeout_seconds
     quiet = io.StringIO()
-    replay_lines(lines, loaded.core, 15.0, quiet, None, escalation=False)
+    replay_lines(lines, loaded.core, 15.0, quiet, None)
     assert {json.loads(line)["transition"] for line in quiet.getvalue().splitlines()} <= {
         "opened", "updated", "cleared", "resolved", "reopened"
     }
