@@ -74,7 +74,8 @@ async def main() -> int:
     print(f"pure advance:         {pure:10.0f} steps/s")
     print(f"record (open + state): {record:9.0f} alerts/s")
     for n, rate in enumerate(rates, start=1):
-        print(f"sweep step {n} (stored):  {rate:8.0f} steps/s  ({pure / rate:.0f}x slower than pure)")
+        print(f"sweep step {n} (stored):  {rate:8.0f} steps/s"
+              f"  ({pure / rate:.0f}x slower than pure)")
     return 0
 
 
