@@ -91,6 +91,13 @@ class AlertingService:
     async def __aenter__(self) -> Self:
         for notifier in self._notifiers.values():
             await self._stack.enter_async_context(notifier)
+        try:
+            started = await self.store.backfill(self._pipeline.config.alerting)
+        except StoreError as exc:
+            _LOGGER.error("escalation state of older alerts not backfilled: %s", exc)
+        else:
+            if started:
+                _LOGGER.warning("started escalation for %d older unresolved alerts", started)
         return self
 
     async def __aexit__(

@@ -222,3 +222,28 @@ async def test_two_sweepers_never_send_a_step_twice(pg_dsn: str) -> None:
             " FROM notification_outbox"
         )
         assert await cur.fetchone() == (120, 120)  # one MQTT notification per step
+
+
+async def test_alerts_from_before_escalation_get_a_ladder_at_start(pg_dsn: str) -> None:
+    """An upgrade: unresolved alerts recorded without escalation state (before migration
+    0003) are backfilled, so they escalate too; resolved ones are not."""
+    from daemon.store.alerts_repo import AlertRepository
+
+    await migrate(pg_dsn)
+    book = AlertBook(lambda _subject: "off-li")
+    t0 = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
+    [open_one] = book.apply(Finding("s001", "tag-s001", RuleId.STRAP_OPEN, None, Tier.CRITICAL,
+                                    FindingKind.RAISED, t0, {"event": {}}, "old"))
+    [other] = book.apply(Finding("s002", "tag-s002", RuleId.STRAP_OPEN, None, Tier.CRITICAL,
+                                 FindingKind.RAISED, t0, {"event": {}}, "old"))
+    resolved = book.resolve(other.alert.alert_id, "off-li", "false_alarm", t0)
+    async with open_pool(pg_dsn, min_size=1, max_size=2) as pool:
+        await AlertRepository(pool).record([open_one, other, *resolved])  # the old path
+        store = LifecycleStore(pool)
+        config = compile_alerting(PoliciesFile(), {"off-li": ("officer", None)})
+        assert await store.backfill(config) == 1
+        assert await store.backfill(config) == 0
+        row = await store.escalation(open_one.alert.alert_id)
+        assert row is not None
+        assert (row["phase"], row["step"]) == ("ladder", -1)
+        assert await store.escalation(other.alert.alert_id) is None

@@ -26,7 +26,14 @@ from psycopg import AsyncConnection, AsyncCursor
 from psycopg.rows import DictRow, TupleRow, dict_row
 from psycopg.types.json import Jsonb
 
-from alerts.escalation import EscalationState, Mute, Phase, advance, on_transition
+from alerts.escalation import (
+    EscalationState,
+    Mute,
+    Phase,
+    advance,
+    on_transition,
+    state_for_alert,
+)
 from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from alerts.policy import AlertingConfig
 from alerts.suppression import Silence
@@ -299,6 +306,29 @@ class LifecycleStore:
                     await cur.executemany(_INSERT_OUTBOX, outbox)
 
         await self._run(f"recording {len(transitions)} alert transition(s)", body)
+
+    async def backfill(self, config: AlertingConfig) -> int:
+        """Escalation rows for unresolved alerts that have none (alerts recorded before
+        escalation existed, i.e. before migration 0003): their ladder starts now."""
+
+        async def body(conn: AsyncConnection[TupleRow]) -> int:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    f"SELECT {_ALERT_SELECT} FROM alerts a WHERE a.state <> 'resolved'"
+                    " AND NOT EXISTS (SELECT 1 FROM alert_escalations e"
+                    "   WHERE e.alert_id = a.alert_id)"
+                )
+                states = [
+                    state_for_alert(alert, config.policy(alert.tier))
+                    for alert in map(alert_from_row, await cur.fetchall())
+                ]
+                rows = [_state_params(s) for s in states if s is not None]
+                if rows:
+                    await cur.executemany(_UPSERT_ESC, rows)
+                return len(rows)
+
+        result: int = await self._run("backfilling escalation state", body)
+        return result
 
     # ------------------------------------------------------------------ sweeps
 
