@@ -139,13 +139,23 @@ def _after(at: datetime, seconds: float | None) -> datetime | None:
 
 
 def on_transition(
-    state: EscalationState | None, transition: AlertTransition, policy: EscalationPolicy
+    state: EscalationState | None,
+    transition: AlertTransition,
+    policy: EscalationPolicy,
+    now: datetime | None = None,
 ) -> EscalationState | None:
-    """The escalation state after an alert transition (None: no escalation for it)."""
+    """The escalation state after an alert transition (None: no escalation for it).
+
+    `now` is when emon learned of it. The ladder's timeouts are the time people had to
+    respond, which starts when emon could first tell them: an alert found in pings that a
+    device stored and uploaded three hours late starts at its upload, not three hours ago
+    (else it would reach the command centre before its officer ever saw it).
+    """
     alert = transition.alert
     kind = transition.kind
     if kind in (TransitionKind.OPENED, TransitionKind.REOPENED):
-        return start(alert.alert_id, alert.tier, transition.at)
+        at = transition.at if now is None else max(transition.at, now)
+        return start(alert.alert_id, alert.tier, at)
     if state is None:
         return state_for_alert(alert, policy)
     if kind is TransitionKind.ACKNOWLEDGED:
@@ -297,11 +307,13 @@ class Escalator:
     def state(self, alert_id: str) -> EscalationState | None:
         return self._states.get(alert_id)
 
-    def observe(self, transitions: Iterable[AlertTransition]) -> None:
+    def observe(
+        self, transitions: Iterable[AlertTransition], now: datetime | None = None
+    ) -> None:
         for transition in transitions:
             alert_id = transition.alert.alert_id
             policy = self._config.policy(transition.alert.tier)
-            new = on_transition(self._states.get(alert_id), transition, policy)
+            new = on_transition(self._states.get(alert_id), transition, policy, now)
             if new is None or new.phase is Phase.DONE:
                 self._states.pop(alert_id, None)
             else:

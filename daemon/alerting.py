@@ -147,9 +147,16 @@ class AlertingService:
 
     # ------------------------------------------------------------------ recording
 
-    async def record(self, transitions: Sequence[AlertTransition]) -> None:
-        """Store transitions (the daemon's alert recorder calls this; raises StoreError)."""
-        await self.store.record(transitions, self._pipeline.config.alerting, self.router)
+    async def record(
+        self, transitions: Sequence[AlertTransition], decided_at: datetime | None = None
+    ) -> None:
+        """Store transitions (the daemon's alert recorder calls this; raises StoreError).
+
+        `decided_at`: when the daemon decided them (a retried batch keeps its time)."""
+        await self.store.record(
+            transitions, self._pipeline.config.alerting, self.router,
+            decided_at or datetime.now(UTC),
+        )
         for transition in transitions:
             if transition.kind is TransitionKind.ACKNOWLEDGED:
                 alert = transition.alert

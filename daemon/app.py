@@ -122,7 +122,7 @@ class Daemon:
         self._pipeline = Pipeline(loaded.core)
         self._outbound: asyncio.Queue[OutboundMessage] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
         self._alert_records: asyncio.Queue[
-            tuple[Sequence[AlertTransition], asyncio.Future[None]]
+            tuple[Sequence[AlertTransition], asyncio.Future[None], datetime]
         ] = asyncio.Queue(ALERT_RECORD_QUEUE_SIZE)
         self._alerting: AlertingService | None = None
         self._commands: CommandHandler | None = None
@@ -447,7 +447,8 @@ class Daemon:
             await self._outbound.put(OutboundMessage("alert", topic, payload, done=published))
         recorded: asyncio.Future[None] = loop.create_future()
         if record:
-            await self._alert_records.put((transitions, recorded))
+            # Decided now: an escalation ladder starts then, however long recording takes.
+            await self._alert_records.put((transitions, recorded, datetime.now(UTC)))
         else:
             recorded.set_result(None)
         self._update_open_gauge()
@@ -477,13 +478,13 @@ class Daemon:
             item = await self._alert_records.get()
             if item is _STOP:
                 return
-            batch, recorded = item
+            batch, recorded, decided_at = item
             delay = RECONNECT_MIN_SECONDS
             while True:
                 try:
                     # The snapshot, history, escalation state and feed notifications: one
                     # transaction.
-                    await self._alerting.record(batch)
+                    await self._alerting.record(batch, decided_at)
                     if not recorded.done():
                         recorded.set_result(None)
                     break

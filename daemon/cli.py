@@ -20,6 +20,8 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # APScheduler logs every job run at INFO; the escalation sweep runs every few seconds.
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
 
 
 def _load_or_report(directory: Path) -> LoadedConfig | None:

@@ -119,7 +119,7 @@ class Replayer:
     def _escalate(self, transitions: list[AlertTransition], now: datetime) -> list[AlertTransition]:
         if self.escalator is None:
             return transitions
-        self.escalator.observe(transitions)
+        self.escalator.observe(transitions, now)
         return transitions + self.escalator.tick(now)
 
     def _ticks_until(self, now: datetime) -> Iterator[AlertTransition]:

@@ -331,7 +331,10 @@ def test_replay_escalates_in_virtual_time_like_the_daemon() -> None:
                   and r["transition"] in ("notified", "escalated")]
         assert ladder, alert_id
         assert ladder[0]["transition"] == "notified"
-        assert ladder[0]["transition_at"] == alert["opened_at"]
+        # When emon learned of it: the opening ping's arrival (upload latency after its ts).
+        learned = datetime.fromisoformat(ladder[0]["transition_at"])
+        lag = learned - datetime.fromisoformat(alert["opened_at"])
+        assert timedelta(0) <= lag <= timedelta(minutes=5)
         policy = loaded.core.alerting.policy(Tier(alert["tier"]))
         if len(ladder) > 1:
             gap = datetime.fromisoformat(ladder[1]["transition_at"]) - datetime.fromisoformat(
@@ -343,3 +346,14 @@ def test_replay_escalates_in_virtual_time_like_the_daemon() -> None:
     assert {json.loads(line)["transition"] for line in quiet.getvalue().splitlines()} <= {
         "opened", "updated", "cleared", "resolved", "reopened"
     }
+
+
+def test_a_late_upload_starts_the_ladder_when_emon_learns_of_it() -> None:
+    """Pings stored on the device for 3 h open an alert stamped 3 h ago; the officer still
+    gets the full first-step timeout before the supervisor is called."""
+    world = World()
+    opened = world.book.apply(finding(RuleId.STRAP_OPEN, FindingKind.RAISED, 0))
+    world.escalator.observe(opened, now=at(3 * 3600))
+    assert world.tick(3 * 3600) == [("notified", 3 * 3600, ("off-li",))]
+    assert world.tick(3 * 3600 + 299) == []
+    assert world.tick(3 * 3600 + 300) == [("escalated", 3 * 3600 + 300, ("sup-wang",))]

@@ -269,9 +269,12 @@ class LifecycleStore:
         transitions: Sequence[AlertTransition],
         config: AlertingConfig,
         router: OutboxRouter,
+        now: datetime | None = None,
     ) -> None:
         """Transitions, in order and in one transaction: the alert snapshot, the history row,
-        the escalation state and the feed notifications. Idempotent (safe to retry)."""
+        the escalation state and the feed notifications. Idempotent (safe to retry).
+
+        `now`: when the daemon decided them; a ladder never starts before it."""
         if not transitions:
             return
 
@@ -295,7 +298,7 @@ class LifecycleStore:
                 for t in transitions:
                     policy = config.policy(t.alert.tier)
                     before = states.get(t.alert.alert_id)
-                    after = on_transition(before, t, policy)
+                    after = on_transition(before, t, policy, now)
                     if after is not None and after != before:
                         states[t.alert.alert_id] = after
                         changed[t.alert.alert_id] = after
