@@ -32,6 +32,7 @@ from daemon import metrics
 from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig
+from daemon.console.web import ConsoleService
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Pipeline
@@ -126,6 +127,7 @@ class Daemon:
         ] = asyncio.Queue(ALERT_RECORD_QUEUE_SIZE)
         self._alerting: AlertingService | None = None
         self._commands: CommandHandler | None = None
+        self._console: ConsoleService | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stop_started: float | None = None
@@ -199,13 +201,16 @@ class Daemon:
             )
             actions.on_silence_change = alerting.sweep_soon
             self._commands = CommandHandler(actions, self._reply)
+            console = ConsoleService(self._loaded, self._pipeline, actions, pool)
             http = await stack.enter_async_context(
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
-                    api_routes(actions),
+                    [*api_routes(actions), *console.routes()],
                 )
             )
             self.http_port = http.bound_port
+            # Entered after the HTTP server, so it closes the console's streams first.
+            self._console = await stack.enter_async_context(console)
             scheduler = AsyncIOScheduler(timezone="UTC")
             scheduler.add_job(
                 self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
@@ -369,6 +374,8 @@ class Daemon:
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
         await self._writer.put(observation, outcome.subject_id)
+        if self._console is not None:
+            self._console.feed.on_observation(observation, outcome.subject_id)
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
 
@@ -426,6 +433,8 @@ class Daemon:
         The returned future completes when the database has them (at once if `record` is
         False); officer actions wait on it to say whether their change is stored."""
         loop = asyncio.get_running_loop()
+        if self._console is not None:
+            self._console.feed.on_transitions(transitions)  # never waits for a browser
         for transition in transitions:
             alert = transition.alert
             metrics.ALERT_TRANSITIONS.labels(

@@ -30,6 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from alerts.model import RuleId, Tier
+from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
@@ -133,6 +134,7 @@ class Settings(_Strict):
     tick_interval_seconds: float = Field(
         15.0, ge=1.0, le=300.0, title="How often time-driven rules are re-evaluated"
     )
+    console: ConsoleSettings = Field(ConsoleSettings(), title="Officer console (live map)")
 
 
 # ---------------------------------------------------------------------- subjects.yaml
