@@ -95,7 +95,9 @@ async def scene(out: Path, run_dir: Path) -> None:
 def _photograph(base: str, token: str, out: Path) -> None:
     with chromium(WIDTH, HEIGHT) as driver:
         sign_in(driver, base, token)
-        wait(driver).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.subject-marker")) == 3)
+        wait(driver).until(
+            lambda d: len(d.find_elements(By.CSS_SELECTOR, "path.subject-marker")) == 3
+        )
         row = driver.find_element(By.CSS_SELECTOR, '#subjects tr[data-subject-id="s003"]')
         row.find_element(By.CSS_SELECTOR, ".track-button").click()
         wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "path.track"))

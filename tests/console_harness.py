@@ -5,7 +5,9 @@ scripts/console_screenshot.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import shutil
 import tempfile
 import uuid
@@ -21,7 +23,6 @@ from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from daemon.store.lifecycle_repo import LifecycleStore, new_token
@@ -52,7 +53,7 @@ def path_fixes(
 ) -> list[Fix]:
     """Fixes every `step` along straight legs between timed waypoints (inclusive ends)."""
     fixes: list[Fix] = []
-    for (t0, a), (t1, b) in zip(waypoints, waypoints[1:], strict=False):
+    for (t0, a), (t1, b) in itertools.pairwise(waypoints):
         span = (t1 - t0).total_seconds()
         at = t0
         while at < t1:
@@ -67,8 +68,6 @@ def path_fixes(
 
 def jitter(fixes: Sequence[Fix], metres: float, seed: int) -> list[Fix]:
     """GNSS-like scatter (deterministic), within `metres` — less than each fix's accuracy."""
-    import random
-
     rng = random.Random(seed)
     return [
         Fix(f.at, offset_m(f.where, rng.uniform(-metres, metres), rng.uniform(-metres, metres)),
@@ -98,7 +97,7 @@ async def issue_tokens(dsn: str, officers: Sequence[str]) -> dict[str, str]:
 
 
 @contextmanager
-def chromium(width: int = 1400, height: int = 900) -> Iterator[WebDriver]:
+def chromium(width: int = 1400, height: int = 900) -> Iterator[webdriver.Chrome]:
     """A headless Chromium with a new empty profile; fails (not skips) if it is missing."""
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not binary.exists():
@@ -125,7 +124,9 @@ def chromium(width: int = 1400, height: int = 900) -> Iterator[WebDriver]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def wait(driver: WebDriver, seconds: float = BROWSER_WAIT_SECONDS) -> WebDriverWait[WebDriver]:
+def wait(
+    driver: webdriver.Chrome, seconds: float = BROWSER_WAIT_SECONDS
+) -> WebDriverWait[webdriver.Chrome]:
     # Elements go stale when the page reloads (it does after signing in) or re-renders.
     return WebDriverWait(
         driver, seconds, poll_frequency=0.05,
@@ -133,7 +134,7 @@ def wait(driver: WebDriver, seconds: float = BROWSER_WAIT_SECONDS) -> WebDriverW
     )
 
 
-def sign_in(driver: WebDriver, base: str, token: str) -> None:
+def sign_in(driver: webdriver.Chrome, base: str, token: str) -> None:
     """Open the console, give the token, and wait until the live stream is connected."""
     driver.get(base + "/console/")
     box = wait(driver).until(lambda d: d.find_element(By.ID, "login-token"))
@@ -145,7 +146,7 @@ def sign_in(driver: WebDriver, base: str, token: str) -> None:
     )
 
 
-def browser_problems(driver: WebDriver) -> list[dict[str, Any]]:
+def browser_problems(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     """Errors the page logged (script errors, refused by the content security policy)."""
-    entries: list[dict[str, Any]] = driver.get_log("browser")
+    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
     return [e for e in entries if e.get("level") == "SEVERE"]
