@@ -80,6 +80,10 @@ class FeedClient:
     positions: dict[str, bytes] = field(default_factory=dict)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: str | None = None
+    # The writer has been told that positions wait; it wakes for them when their flush is
+    # due, so further positions need not wake it (a busy ingest would wake every stream
+    # on every ping otherwise).
+    positions_signalled: bool = False
 
     def close(self, reason: str) -> None:
         if self.closed is None:
@@ -104,7 +108,9 @@ class FeedClient:
     def offer_position(self, subject_id: str, data: bytes) -> None:
         if self.closed is None:
             self.positions[subject_id] = data
-            self.wake.set()
+            if not self.positions_signalled:
+                self.positions_signalled = True
+                self.wake.set()
 
     def take_alerts(self) -> list[bytes]:
         out: list[bytes] = []
@@ -115,6 +121,7 @@ class FeedClient:
     def take_positions(self) -> list[bytes]:
         out = list(self.positions.values())
         self.positions.clear()
+        self.positions_signalled = False
         return out
 
 
@@ -340,6 +347,8 @@ async def pump(
         deadline = min(next_heartbeat, next_recheck if still_signed_in else next_heartbeat)
         if client.positions:
             deadline = min(deadline, next_positions)
+        # asyncio.timeout, not wait_for: no task per wait (this runs for every stream).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(client.wake.wait(), max(0.0, deadline - loop.time()))
+            async with asyncio.timeout_at(deadline):
+                await client.wake.wait()
     return client.closed or CLOSED_GONE

@@ -198,11 +198,16 @@ class ConsoleService:
 
     # ------------------------------------------------------------------ who
 
-    async def _session_officer(self, session: str) -> str | None:
+    async def _session_officer(self, session: str, *, fresh: bool = False) -> str | None:
+        """The session's officer; None when it ended, expired or its token was revoked.
+        `fresh` asks the database even when a recent answer is cached."""
         digest = session_digest(session)
         now = self._clock()
         cached = self._sessions.get(digest)
-        if cached is not None and (now - cached.checked_at).total_seconds() < SESSION_CACHE_SECONDS:
+        if (
+            not fresh and cached is not None
+            and (now - cached.checked_at).total_seconds() < SESSION_CACHE_SECONDS
+        ):
             return cached.officer_id
         try:
             officer_id = await self._store.officer_for_session(session, now)
@@ -296,7 +301,11 @@ class ConsoleService:
             except ActionError as exc:
                 return self._finish(_error(exc.status, exc.code, exc.message))
             if not isinstance(result, web.StreamResponse):
-                result = web.json_response(result, dumps=_dumps)
+                # 202 like the officer API: decided and published, recorded when the
+                # database is back.
+                waiting = isinstance(result, dict) and result.get("recorded") is False
+                status = 202 if waiting else 200
+                result = web.json_response(result, status=status, dumps=_dumps)
             return self._finish(result)
 
         return handle
@@ -591,7 +600,8 @@ class ConsoleService:
                     return True  # a bearer token was checked when the stream opened
                 cookie = request.cookies.get(COOKIE_NAME, "")
                 try:
-                    return await self._session_officer(cookie) == caller.officer.officer_id
+                    officer_id = await self._session_officer(cookie, fresh=True)
+                    return officer_id == caller.officer.officer_id
                 except ActionError:
                     return True  # database away past the grace period: keep streaming
 
