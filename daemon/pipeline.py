@@ -12,7 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
-from daemon.wire import RejectReason, WireError, decode
+from daemon.wire import IgnoredMessage, RejectReason, WireError, decode
 from geofence.config import CoreConfig
 from geofence.engine import Engine
 from geofence.observation import Observation
@@ -25,6 +25,7 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     rejection: WireError | None = None
+    ignored: str | None = None  # reason: a well-formed message with nothing to evaluate
 
 
 class Pipeline:
@@ -33,6 +34,7 @@ class Pipeline:
         self.engine = Engine(config)
         self.book = AlertBook(officer_of=self._officer_of)
         self.rejections: Counter[RejectReason] = Counter()
+        self.ignored: Counter[str] = Counter()
 
     @property
     def config(self) -> CoreConfig:
@@ -48,7 +50,11 @@ class Pipeline:
 
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         try:
-            observation = decode(topic, payload, received_at)
+            decoded = decode(topic, payload, received_at)
+            if isinstance(decoded, IgnoredMessage):
+                self.ignored[decoded.reason] += 1
+                return Outcome(ignored=decoded.reason)
+            observation = decoded
             spec = self._config.devices.get(observation.device_id)
             if spec is None:
                 # A device not in the roster is refused, never evaluated or stored.
