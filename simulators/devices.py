@@ -249,8 +249,9 @@ class Uplink:
 
     def _push(self, at: datetime, topic: str, payload: dict[str, Any]) -> None:
         self._sequence += 1
-        heapq.heappush(self._pending, (utc_ms(at), self._sequence, SimMessage(topic, payload,
-                                                                             utc_ms(at))))
+        arrival = utc_ms(at)
+        heapq.heappush(self._pending, (arrival, self._sequence, SimMessage(topic, payload,
+                                                                           arrival)))
 
     def send(self, now: datetime, topic: str, payload: dict[str, Any]) -> None:
         """The device emits a message at (true) time `now`."""

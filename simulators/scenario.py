@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from alerts.model import RuleId, TransitionKind
+from alerts.model import TransitionKind
 from daemon.configfiles import ConfigError, LoadedConfig, load_config
 from daemon.replay import Replayer, ReplayMessage
 from geofence.config import CoreConfig
@@ -321,12 +321,12 @@ class ScenarioModel(_Strict):
                 if device not in self.devices:
                     raise ValueError(f"timeline.{index}: device {device!r} is not in devices")
             if step.event is not None or step.check_in:
-                for device in _as_list(step.device) or list(self.devices):
-                    if self.devices[device].protocol is Protocol.OWNTRACKS:
-                        raise ValueError(f"timeline.{index}: OwnTracks device {device!r} "
+                for target in _as_list(step.device) or list(self.devices):
+                    if self.devices[target].protocol is Protocol.OWNTRACKS:
+                        raise ValueError(f"timeline.{index}: OwnTracks device {target!r} "
                                          "sends locations only, no events")
-        for device_id, device in self.devices.items():
-            if device.protocol is Protocol.OWNTRACKS:
+        for device_id, spec in self.devices.items():
+            if spec.protocol is Protocol.OWNTRACKS:
                 owntracks_user_device(device_id)
         return self
 

@@ -16,6 +16,7 @@ devices).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
@@ -45,7 +46,6 @@ DEFAULT_LIVE_TIMEOUT_S: Final = 30.0
 """How long after the last publish missing alerts are waited for."""
 SETTLE_S: Final = 2.0
 """After every expectation is met, how long unexpected alerts are still collected."""
-POLL_S: Final = 0.1
 MAX_LIVE_DAYS_BACK: Final = 8
 QOS_AT_LEAST_ONCE: Final = 1
 
@@ -89,6 +89,7 @@ async def run_live(
     observed: list[Observed] = []
     earliest = compiled.start - timedelta(minutes=1)
     subscribed = asyncio.Event()
+    arrived = asyncio.Event()  # set on each alert kept: the driver re-checks expectations
 
     async def collect() -> None:
         async with aiomqtt.Client(
@@ -113,6 +114,7 @@ async def run_live(
                 except (KeyError, ValueError):
                     continue
                 observed.append(item)
+                arrived.set()
 
     async def drive() -> None:
         await asyncio.wait_for(subscribed.wait(), target.timeout_s)
@@ -122,8 +124,13 @@ async def run_live(
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + target.timeout_s
-        while loop.time() < deadline and not _all_met(compiled, observed):
-            await asyncio.sleep(POLL_S)
+        while not _all_met(compiled, observed):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(arrived.wait(), remaining)
         await asyncio.sleep(SETTLE_S)
 
     async with asyncio.TaskGroup() as tasks:
