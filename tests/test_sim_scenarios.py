@@ -139,9 +139,13 @@ def test_invalid_scenarios_are_refused_with_a_reason(
     tmp_path: Path, body: str, message: str
 ) -> None:
     path = _broken(tmp_path, body)
-    with pytest.raises(ScenarioError, match=message):
+
+    def load_and_compile() -> None:
         scenario = load_scenario(path)
         compile_scenario(scenario, load_scenario_config(scenario).core)
+
+    with pytest.raises(ScenarioError, match=message):
+        load_and_compile()
     assert sim_cli_main(["sim", "run", str(path), "--expect"]) == 2
 
 
