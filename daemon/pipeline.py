@@ -12,7 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
-from daemon.wire import IgnoredMessage, RejectReason, WireError, decode
+from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
 from geofence.engine import Engine
 from geofence.observation import Observation
@@ -50,7 +50,7 @@ class Pipeline:
 
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         try:
-            decoded = decode(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at)
             if isinstance(decoded, IgnoredMessage):
                 self.ignored[decoded.reason] += 1
                 return Outcome(ignored=decoded.reason)

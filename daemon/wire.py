@@ -227,12 +227,20 @@ def decode_event(device_id: str, data: dict[str, Any], received_at: datetime) ->
     )
 
 
-def decode(topic: str, payload: bytes, received_at: datetime) -> Observation | IgnoredMessage:
+def decode_any(
+    topic: str, payload: bytes, received_at: datetime
+) -> Observation | IgnoredMessage:
+    """Any subscribed device topic: wire v1 (`decode`) or an OwnTracks phone."""
     if topic.startswith(OWNTRACKS_TOPIC_PREFIX):
         # Imported here because daemon.owntracks builds on this module's helpers.
         from daemon.owntracks import decode_owntracks
 
         return decode_owntracks(topic, payload, received_at)
+    return decode(topic, payload, received_at)
+
+
+def decode(topic: str, payload: bytes, received_at: datetime) -> Observation:
+    """A wire v1 device topic (`emon/v1/devices/<id>/location|event`)."""
     device_id, channel = parse_device_topic(topic)
     data = load_json_object(payload)
     if channel == "location":

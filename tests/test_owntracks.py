@@ -21,7 +21,7 @@ from daemon.wire import (
     WireError,
     channel_of_topic,
     deadletter_payload,
-    decode,
+    decode_any,
     device_id_of_topic,
 )
 from geofence.observation import FixSource, LocationFix
@@ -45,7 +45,7 @@ def test_subscription_covers_owntracks_base_topic() -> None:
 
 
 def test_location_maps_to_a_fix_of_device_user_dot_device() -> None:
-    fix = decode("owntracks/s001/phone", _location(), ARRIVAL)
+    fix = decode_any("owntracks/s001/phone", _location(), ARRIVAL)
     assert isinstance(fix, LocationFix)
     assert fix.device_id == "s001.phone"
     assert fix.ts == datetime.fromtimestamp(TST, UTC)
@@ -60,7 +60,7 @@ def test_device_id_mapping_is_one_to_one() -> None:
     assert device_id_of_owntracks_topic("owntracks/a/b-c") == "a.b-c"
     assert device_id_of_owntracks_topic("owntracks/a-b/c") == "a-b.c"
     with pytest.raises(WireError) as info:
-        decode("owntracks/a.b/c", _location(), ARRIVAL)
+        decode_any("owntracks/a.b/c", _location(), ARRIVAL)
     assert info.value.reason is RejectReason.BAD_TOPIC
 
 
@@ -68,13 +68,13 @@ def test_device_id_mapping_is_one_to_one() -> None:
     "kind", ["lwt", "transition", "card", "waypoint", "waypoints", "status", "cmd", "steps"]
 )
 def test_non_location_types_are_ignored_not_refused(kind: str) -> None:
-    outcome = decode("owntracks/s001/phone", json.dumps({"_type": kind, "tst": TST}).encode(),
+    outcome = decode_any("owntracks/s001/phone", json.dumps({"_type": kind, "tst": TST}).encode(),
                      ARRIVAL)
     assert outcome == IgnoredMessage(f"owntracks_{kind}")
 
 
 def test_unknown_future_type_is_ignored_under_one_bounded_label() -> None:
-    outcome = decode("owntracks/s001/phone", b'{"_type": "hologram"}', ARRIVAL)
+    outcome = decode_any("owntracks/s001/phone", b'{"_type": "hologram"}', ARRIVAL)
     assert outcome == IgnoredMessage("owntracks_other_type")
 
 
@@ -110,7 +110,7 @@ def test_hostile_or_broken_input_is_refused_with_a_reason(
     topic: str, payload: bytes, reason: RejectReason
 ) -> None:
     with pytest.raises(WireError) as info:
-        decode(topic, payload, ARRIVAL)
+        decode_any(topic, payload, ARRIVAL)
     assert info.value.reason is reason
     # The dead letter names the device when the topic allows it.
     letter = deadletter_payload(topic, payload, ARRIVAL, info.value)
@@ -128,7 +128,7 @@ def test_deadletter_routing_and_metric_label() -> None:
 def test_extra_fields_stay_bounded() -> None:
     body = json.loads(_location())
     body.update({f"k{i}": i for i in range(40)})
-    fix = decode("owntracks/s001/phone", json.dumps(body).encode(), ARRIVAL)
+    fix = decode_any("owntracks/s001/phone", json.dumps(body).encode(), ARRIVAL)
     assert isinstance(fix, LocationFix)
     assert len(fix.extra) == 16
     assert fix.extra["protocol"] == "owntracks"

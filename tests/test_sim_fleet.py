@@ -18,7 +18,7 @@ import pytest
 from daemon.configfiles import load_config
 from daemon.localservices import MosquittoProcess
 from daemon.replay import replay_lines
-from daemon.wire import decode
+from daemon.wire import decode_any
 from geofence.observation import LocationFix
 from simulators.cli_fleet import write_fleet_config
 from simulators.devices import (
@@ -66,7 +66,7 @@ def test_messages_arrive_in_order_and_decode(
     sources: Counter[str] = Counter()
     accuracies: list[float] = []
     for message in messages:
-        observation = decode(message.topic, json.dumps(message.payload).encode(),
+        observation = decode_any(message.topic, json.dumps(message.payload).encode(),
                              message.at)
         if isinstance(observation, LocationFix):
             per_device_ts[observation.device_id].append(observation.ts)
