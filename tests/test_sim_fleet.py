@@ -4,6 +4,7 @@ live publishing and the load generator at a small rate against a real Mosquitto.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import random
@@ -216,8 +217,11 @@ def test_mqtt_packets_are_well_formed() -> None:
 async def test_load_generator_reaches_a_small_rate(mosquitto: MosquittoProcess) -> None:
     rate = 2000.0
     received = 0
+    expected: int | None = None
+    all_in = asyncio.Event()
     async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="load-watch") as watch:
-        await watch.subscribe("emon/v1/devices/+/location", qos=0)
+        # QoS 1: the broker queues for a subscriber that lags (QoS 0 may be dropped).
+        await watch.subscribe("emon/v1/devices/+/location", qos=1)
 
         async def count() -> None:
             nonlocal received
@@ -226,6 +230,8 @@ async def test_load_generator_reaches_a_small_rate(mosquitto: MosquittoProcess) 
                 body = json.loads(message.payload)
                 assert {"ts", "lat", "lon", "acc"} <= body.keys()
                 received += 1
+                if expected is not None and received >= expected:
+                    all_in.set()
 
         async with asyncio.TaskGroup() as tasks:
             counter = tasks.create_task(count())
@@ -233,7 +239,11 @@ async def test_load_generator_reaches_a_small_rate(mosquitto: MosquittoProcess) 
                             rate=rate, duration_s=3.0, processes=2, qos=1)
             progress = io.StringIO()
             result = await asyncio.to_thread(run_load, plan, progress)
-            await asyncio.sleep(0.5)
+            expected = result.acknowledged
+            if received >= expected:
+                all_in.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(all_in.wait(), 20.0)
             counter.cancel()
     assert result.errors == 0
     assert result.acknowledged == result.published
