@@ -122,6 +122,8 @@ async def publish_stream(
     async with aiomqtt.Client(
         host, port, identifier=client_id, timeout=PUBLISH_TIMEOUT_S
     ) as client:
+        # A full window of publishes awaiting PUBACK is intended, not a warning sign.
+        client.pending_calls_threshold = inflight + 1
 
         async def send(message: SimMessage) -> None:
             nonlocal acknowledged
