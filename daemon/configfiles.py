@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, time
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from alerts.model import RuleId, Tier
+from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
     DEFAULT_DWELL_SECONDS,
@@ -267,6 +268,7 @@ class LoadedConfig:
     subjects: SubjectsFile
     schedules: SchedulesFile
     core: CoreConfig
+    policies: PoliciesFile = field(default_factory=PoliciesFile)
 
     @property
     def officers(self) -> Mapping[str, OfficerModel]:
@@ -434,11 +436,20 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
     settings = _parse(Settings, directory / SETTINGS_FILE, problems, required=False)
     subjects = _parse(SubjectsFile, directory / SUBJECTS_FILE, problems, required=True)
     schedules = _parse(SchedulesFile, directory / SCHEDULES_FILE, problems, required=False)
+    policies = _parse(PoliciesFile, directory / POLICIES_FILE, problems, required=False)
     raw_zones = _load_zones(directory, problems)
-    if settings is None or subjects is None or schedules is None:
+    if settings is None or subjects is None or schedules is None or policies is None:
         raise ConfigError(problems)
+    environment = os.environ if env is None else env
+    officer_roles = {o.id: (o.role.value, o.supervisor) for o in subjects.officers}
+    problems.extend(
+        ConfigProblem(POLICIES_FILE, key, value, reason)
+        for key, value, reason in reference_problems(
+            policies, officer_roles, {s.id: s.officer for s in subjects.subjects}, environment
+        )
+    )
     try:
-        settings = _apply_env(settings, os.environ if env is None else env)
+        settings = _apply_env(settings, environment)
     except (ValueError, ValidationError) as exc:
         problems.append(ConfigProblem("(environment)", "EMON_*", "", str(exc)))
 
@@ -576,5 +587,6 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             max_speed_mps=rules.max_speed_mps,
             tiers={**RuleParams().tiers, **rules.tiers},
         ),
+        alerting=compile_alerting(policies, officer_roles),
     )
-    return LoadedConfig(directory, settings, subjects, schedules, core)
+    return LoadedConfig(directory, settings, subjects, schedules, core, policies)
