@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,10 +185,21 @@ def scenario_daemon(
     env = dict(os.environ)
     env.update(EMON_MQTT_HOST=mosquitto.host, EMON_MQTT_PORT=str(mosquitto.port),
                EMON_DATABASE_URL=pg_dsn, EMON_HTTP_PORT=str(http_port))
+    # A client id of its own: the daemon's persistent session on the session-wide broker must
+    # not inherit messages queued for another test's daemon (or leave some for it).
+    config_dir = tmp_path / "config"
+    shutil.copytree(SCENARIOS / "config", config_dir)
+    settings = config_dir / "settings.yaml"
+    settings.write_text(
+        settings.read_text(encoding="utf-8").replace(
+            "client_id: emon-daemon", f"client_id: emon-scenarios-{uuid.uuid4().hex[:8]}"
+        ),
+        encoding="utf-8",
+    )
     log_path = tmp_path / "daemon.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "run", "--config", str(SCENARIOS / "config")],
+            [sys.executable, "-m", "daemon.cli", "run", "--config", str(config_dir)],
             env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
         )
         try:
