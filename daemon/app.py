@@ -4,6 +4,9 @@ Shutdown (SIGTERM/SIGINT) drains in stages, each with its own timeout:
   1. ingest stops taking messages (the broker keeps queueing for our persistent session);
   2. alert transitions already decided are recorded in the database and published;
   3. buffered pings are flushed by the writer; the pool and HTTP close last.
+
+The operator config is hot-reloaded (daemon/reload.py) on file change or SIGHUP: loaded and
+validated whole in a worker thread, swapped in between two messages, or refused.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -30,7 +34,9 @@ from daemon import metrics
 from daemon.configfiles import LoadedConfig
 from daemon.http import HttpServer
 from daemon.pipeline import Pipeline
+from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.store.alerts_repo import AlertRepository
+from daemon.store.config_repo import ConfigVersionRepository
 from daemon.store.errors import StoreError
 from daemon.store.migrations import migrate
 from daemon.store.pool import open_pool
@@ -60,10 +66,11 @@ class DaemonError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
-    kind: str  # "alert" or "deadletter": a metric label
+    kind: str  # "alert", "deadletter" or "operators": a metric label
     topic: str
     payload: bytes
     qos: int = 1
+    retain: bool = False
 
 
 _STOP: Any = object()  # sentinel that tells a worker to finish
@@ -118,6 +125,12 @@ class Daemon:
         self._writer: PingWriter | None = None
         self._mqtt_connected = False
         self._exported_engine_stats: Counter[str] = Counter()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._config_repo: ConfigVersionRepository | None = None
+        self._reloader = ConfigReloader(
+            loaded.directory, loaded, self._apply_config, self._publish_operators,
+            record=self._record_config_version,
+        )
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -144,6 +157,7 @@ class Daemon:
             "ok": self._mqtt_connected,
             "mqtt_connected": self._mqtt_connected,
             "config_version": self._pipeline.config.version,
+            "config_reload": self._reloader.status.to_json(),
             "open_alerts": len(self._pipeline.book.unresolved()),
         }
 
@@ -155,6 +169,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reloader.request_reload)
         info = await self._migrate_with_retry(dsn)
         _LOGGER.info(
             "store ready: %s, schema %s",
@@ -164,6 +180,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(dsn))
             repo = AlertRepository(pool)
+            self._config_repo = ConfigVersionRepository(pool)
             await self._restore_alerts(repo)
             self._writer = await stack.enter_async_context(PingWriter(pool))
             http = await stack.enter_async_context(
@@ -176,13 +193,18 @@ class Daemon:
                 id="emon-tick", max_instances=1, coalesce=True,
             )
             scheduler.start()
+            self._scheduler = scheduler
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._mqtt_loop(), name="emon-mqtt")
                     tasks.create_task(self._alert_recorder(repo), name="emon-alert-recorder")
+                    tasks.create_task(
+                        self._reloader.run(self._stop_requested), name="emon-config-reload"
+                    )
                     tasks.create_task(self._shutdown_controller(), name="emon-shutdown")
             finally:
                 scheduler.shutdown(wait=False)
+            await self._reloader.close()
             # Leaving the exit stack flushes the writer (stage 3), then closes HTTP and pool.
         _LOGGER.info("stopped cleanly")
 
@@ -316,7 +338,7 @@ class Daemon:
         metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        await self._writer.put(observation, outcome.subject_id)
+        await self._writer.put(observation, outcome.subject_id, outcome.config_version)
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
 
@@ -337,7 +359,9 @@ class Daemon:
                     return
                 self._pending_publish = message
             try:
-                await client.publish(message.topic, message.payload, qos=message.qos)
+                await client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
             except aiomqtt.MqttError:
                 metrics.PUBLISH_FAILURES.labels(message.kind).inc()
                 raise  # kept in _pending_publish; retried after reconnect
@@ -395,6 +419,41 @@ class Daemon:
                     _LOGGER.warning("recording alerts failed (%s); retry in %.1f s", exc, delay)
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
+
+    # ------------------------------------------------------------------ config reload
+
+    def _apply_config(self, new: LoadedConfig) -> list[str]:
+        """Swap a validated config in (on the event loop: between two messages); return the
+        settings that only a restart applies."""
+        old = self._loaded
+        self._pipeline.swap_config(new.core)
+        with contextlib.suppress(KeyError):
+            metrics.CONFIG_INFO.remove(old.core.version)
+        metrics.CONFIG_INFO.labels(new.core.version).set(1)
+        tick_seconds = new.settings.tick_interval_seconds
+        if tick_seconds != old.settings.tick_interval_seconds and self._scheduler is not None:
+            self._scheduler.reschedule_job("emon-tick", trigger="interval", seconds=tick_seconds)
+        self._loaded = new
+        # Connections and listeners keep the settings they were opened with.
+        return [
+            name for name in ("mqtt", "database", "http")
+            if getattr(self._settings, name) != getattr(new.settings, name)
+        ]
+
+    def _publish_operators(self, body: dict[str, Any]) -> None:
+        self._enqueue_nowait(
+            OutboundMessage(
+                "operators", OPERATORS_CONFIG_TOPIC,
+                json.dumps(body, ensure_ascii=False).encode(), qos=1, retain=True,
+            )
+        )
+
+    async def _record_config_version(
+        self, version: str, directory: Path, files: Mapping[str, str], applied_at: datetime
+    ) -> None:
+        if self._config_repo is None:
+            raise DaemonError("database not open yet")
+        await self._config_repo.record(version, directory, files, applied_at)
 
     async def _tick_job(self) -> None:
         try:

@@ -107,38 +107,43 @@ _ROW_ERRORS: Final = (
     UnicodeEncodeError,
 )
 
+# config_version: the config the core evaluated the row against (migration 0003).
 _PING_COLUMNS: Final = (
-    "device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra"
+    "device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra,"
+    " config_version"
 )
-_EVENT_COLUMNS: Final = "device_id, subject_id, ts, received_at, type, attributes"
+_EVENT_COLUMNS: Final = (
+    "device_id, subject_id, ts, received_at, type, attributes, config_version"
+)
 # JSON is staged as text and cast in the INSERT: the server parses it exactly once
 # either way, and text lets `put` serialise (and validate) it in the caller.
 _CREATE_STAGING: Final = (
     "CREATE TEMP TABLE IF NOT EXISTS emon_stage_pings ("
     " device_id text, subject_id text, ts timestamptz, received_at timestamptz,"
-    " lat float8, lon float8, acc_m float4, src text, battery_pct float4, extra text"
+    " lat float8, lon float8, acc_m float4, src text, battery_pct float4, extra text,"
+    " config_version text"
     ") ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS emon_stage_device_events ("
     " device_id text, subject_id text, ts timestamptz, received_at timestamptz,"
-    " type text, attributes text"
+    " type text, attributes text, config_version text"
     ") ON COMMIT DELETE ROWS"
 )
 _COPY_PINGS: Final = f"COPY emon_stage_pings ({_PING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _COPY_EVENTS: Final = f"COPY emon_stage_device_events ({_EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 _PING_TYPES: Final = [
     "text", "text", "timestamptz", "timestamptz", "float8", "float8", "float4", "text",
-    "float4", "text",
+    "float4", "text", "text",
 ]  # fmt: skip
-_EVENT_TYPES: Final = ["text", "text", "timestamptz", "timestamptz", "text", "text"]
+_EVENT_TYPES: Final = ["text", "text", "timestamptz", "timestamptz", "text", "text", "text"]
 _INSERT_PINGS: Final = (
     f"INSERT INTO pings ({_PING_COLUMNS})"
     " SELECT device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct,"
-    " extra::jsonb FROM emon_stage_pings"
+    " extra::jsonb, config_version FROM emon_stage_pings"
     " ON CONFLICT (device_id, ts) DO NOTHING"
 )
 _INSERT_EVENTS: Final = (
     f"INSERT INTO device_events ({_EVENT_COLUMNS})"
-    " SELECT device_id, subject_id, ts, received_at, type, attributes::jsonb"
+    " SELECT device_id, subject_id, ts, received_at, type, attributes::jsonb, config_version"
     " FROM emon_stage_device_events"
     " ON CONFLICT (device_id, ts, type) DO NOTHING"
 )
@@ -163,7 +168,9 @@ def _require_aware(value: datetime, what: str) -> None:
         raise InvalidRowError(f"{what} must be timezone-aware, got {value!r}")
 
 
-def encode(obs: LocationFix | DeviceEvent, subject_id: str) -> tuple[int, tuple[Any, ...]]:
+def encode(
+    obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+) -> tuple[int, tuple[Any, ...]]:
     """(table index, column values) for one observation; InvalidRowError if unstorable."""
     _require_aware(obs.ts, "ts")
     _require_aware(obs.received_at, "received_at")
@@ -171,12 +178,13 @@ def encode(obs: LocationFix | DeviceEvent, subject_id: str) -> tuple[int, tuple[
         extra = _dump_json(obs.extra, "extra") if obs.extra else None
         return _PINGS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.lat, obs.lon,
-            obs.accuracy_m, obs.source.value, obs.battery_pct, extra,
+            obs.accuracy_m, obs.source.value, obs.battery_pct, extra, config_version,
         )  # fmt: skip
     if isinstance(obs, DeviceEvent):
         attributes = _dump_json(obs.attributes, "attributes")
         return _EVENTS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.type.value, attributes,
+            config_version,
         )  # fmt: skip
     raise InvalidRowError(f"cannot store a {type(obs).__name__}")
 
@@ -315,9 +323,11 @@ class PingWriter:
         """Rows accepted but not yet written (buffer plus the batch being written)."""
         return len(self._rows) + len(self._in_flight)
 
-    async def put(self, obs: LocationFix | DeviceEvent, subject_id: str) -> None:
+    async def put(
+        self, obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+    ) -> None:
         """Buffer one observation, waiting for room if the buffer is full."""
-        table, values = encode(obs, subject_id)
+        table, values = encode(obs, subject_id, config_version)
         self._check_open()
         if len(self._rows) >= self._capacity:
             _PUT_WAITS.inc()
@@ -327,9 +337,11 @@ class PingWriter:
                 self._check_open()
         self._append(table, values)
 
-    def try_put(self, obs: LocationFix | DeviceEvent, subject_id: str) -> bool:
+    def try_put(
+        self, obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+    ) -> bool:
         """Buffer one observation if there is room; False (and counted) if full."""
-        table, values = encode(obs, subject_id)
+        table, values = encode(obs, subject_id, config_version)
         self._check_open()
         if len(self._rows) >= self._capacity:
             _BUFFER_OVERFLOW.inc()
