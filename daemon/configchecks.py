@@ -115,6 +115,20 @@ def check_zone_file_name(file: str, datum: Datum, problems: list[ConfigProblem])
         )
 
 
+def feature_ids(data: Any) -> set[str]:
+    """The zone ids in a zone file's raw data, as far as they can be read (for a file that
+    failed validation: its zones are refused, not undefined)."""
+    features = data.get("features") if isinstance(data, dict) else None
+    if not isinstance(features, list):
+        return set()
+    ids: set[str] = set()
+    for feat in features:
+        properties = feat.get("properties") if isinstance(feat, dict) else None
+        if isinstance(properties, dict) and isinstance(properties.get("id"), str):
+            ids.add(properties["id"])
+    return ids
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 

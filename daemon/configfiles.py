@@ -29,7 +29,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import shapely
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+)
 from shapely.geometry.base import BaseGeometry
 
 from alerts.model import RuleId, Tier
@@ -207,12 +214,16 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
-_LOCAL_TIME = re.compile(r"^\d{1,2}:\d{2}(:\d{2})?$")
+_LOCAL_TIME_PATTERN = r"^\d{1,2}:\d{2}(:\d{2})?$"
+_LOCAL_TIME = re.compile(_LOCAL_TIME_PATTERN)
+# JSON Schema's "format": "time" demands seconds and an offset ("22:00:00Z"): editors would
+# flag every correct window, so the schema says what the loader accepts instead.
+LocalTime = Annotated[time, WithJsonSchema({"type": "string", "pattern": _LOCAL_TIME_PATTERN})]
 
 
 class WindowModel(_Strict):
-    start: time = Field(title="Local start time HH:MM")
-    end: time = Field(title="Local end time HH:MM; not after start = crosses midnight")
+    start: LocalTime = Field(title="Local start time HH:MM")
+    end: LocalTime = Field(title="Local end time HH:MM; not after start = crosses midnight")
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
 
     @field_validator("start", "end", mode="before")
@@ -453,6 +464,7 @@ def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
             continue
         except ValidationError as exc:
             problems.extend(_validation_problems(name, exc))
+            problems.refused_zones.update(configchecks.feature_ids(data))
             continue
         configchecks.check_zone_file_name(name, parsed.datum, problems)
         for index, feature in enumerate(parsed.features):
