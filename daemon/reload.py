@@ -149,9 +149,11 @@ class LoadAttempt:
     seconds: float
 
 
+LoadFn = Callable[[Path, Mapping[str, str] | None], LoadedConfig]
+
+
 def load_attempt(
-    directory: Path, env: Mapping[str, str] | None = None,
-    load: Callable[[Path, Mapping[str, str] | None], LoadedConfig] = load_config,
+    directory: Path, env: Mapping[str, str] | None = None, load: LoadFn = load_config
 ) -> LoadAttempt:
     """Load and validate the whole directory; `stable` is False if it changed meanwhile."""
     started = time.perf_counter()
@@ -252,8 +254,10 @@ class ConfigReloader:
         notify: NotifyFn,
         record: RecordFn | None = None,
         env: Mapping[str, str] | None = None,
+        load: LoadFn = load_config,
     ) -> None:
         self._directory = directory
+        self._load = load
         self._current = current
         self._apply = apply
         self._notify = notify
@@ -361,7 +365,9 @@ class ConfigReloader:
     async def reload(self, trigger: ReloadTrigger) -> ReloadResult:
         """Load the directory whole and apply it if it is valid and new."""
         try:
-            attempt = await asyncio.to_thread(load_attempt, self._directory, self._env)
+            attempt = await asyncio.to_thread(
+                load_attempt, self._directory, self._env, self._load
+            )
         except Exception as exc:  # a loader bug must not stop the daemon: refuse, say why
             _LOGGER.exception("config reload failed unexpectedly")
             problem = ConfigProblem(str(self._directory), "(load)", "", f"internal error: {exc}")
