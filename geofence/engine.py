@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from alerts.model import Finding, FindingKind, RuleId
@@ -63,6 +63,7 @@ class DeviceState:
     last_xy: tuple[float, float] | None = None
     last_seen: datetime | None = None
     jump_rejections_in_row: int = 0
+    last_rejected: tuple[LocationFix, tuple[float, float]] | None = None
     memberships: dict[str, Membership] = field(default_factory=dict)
 
 
@@ -162,19 +163,32 @@ class Engine:
         self, fix: LocationFix, last: LocationFix, xy: tuple[float, float], state: DeviceState
     ) -> bool:
         assert state.last_xy is not None
-        elapsed_s = (fix.ts - last.ts).total_seconds()
-        distance_m = math.dist(xy, state.last_xy)
-        slack_m = fix.accuracy_m + last.accuracy_m
-        if distance_m - slack_m <= self._config.rules.max_speed_mps * elapsed_s:
+        if self._plausible(fix, xy, last, state.last_xy):
             state.jump_rejections_in_row = 0
+            state.last_rejected = None
             return False
-        state.jump_rejections_in_row += 1
+        # Several rejected fixes that agree with each other mean the last accepted fix was
+        # the outlier (or the device really moved while silent): accept again. Scattered
+        # outliers never agree, so they stay rejected.
+        previous = state.last_rejected
+        agrees = previous is not None and self._plausible(fix, xy, previous[0], previous[1])
+        state.jump_rejections_in_row = state.jump_rejections_in_row + 1 if agrees else 1
+        state.last_rejected = (fix, xy)
         if state.jump_rejections_in_row > self._config.rules.max_consecutive_jump_rejections:
             self.stats["fix_jump_accepted_after_rejections"] += 1
             state.jump_rejections_in_row = 0
+            state.last_rejected = None
             return False
         self.stats["fix_implausible_jump"] += 1
         return True
+
+    def _plausible(
+        self, fix: LocationFix, xy: tuple[float, float], other: LocationFix,
+        other_xy: tuple[float, float],
+    ) -> bool:
+        elapsed_s = abs((fix.ts - other.ts).total_seconds())
+        distance_m = math.dist(xy, other_xy) - fix.accuracy_m - other.accuracy_m
+        return distance_m <= self._config.rules.max_speed_mps * elapsed_s
 
     def _zones_to_test(
         self, subject: SubjectSpec, state: DeviceState, xy: tuple[float, float], accuracy_m: float
@@ -273,6 +287,10 @@ class Engine:
         was confirmed; it ends at the earlier of the window's end and `ts`. Both are event
         times, so it does not matter when the tick that notices runs."""
         instance = self._rules.get((device_id, rule, zone_id))
+        if instance is not None and instance.since is not None and ts < instance.since:
+            # A fix taken before the last decision (uploaded late, after the tick that
+            # opened or closed the window) must not undo it: that would flap the alert.
+            return []
         window = schedule.active_interval(ts, subject.timezone)
         in_violation = (
             window is not None
@@ -305,6 +323,7 @@ class Engine:
         instance = self._rules.setdefault((device_id, rule, zone_id), _RuleInstance())
         if instance.active is violated:
             return []
+        at = at.astimezone(UTC)  # window starts carry the subject's zone; ids hash UTC
         instance.active, instance.since = violated, at
         kind = FindingKind.RAISED if violated else FindingKind.CLEARED
         self.stats[f"finding_{rule.value}_{kind.value}"] += 1
