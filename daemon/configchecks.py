@@ -172,6 +172,22 @@ def _position_problem(position: Any) -> str | None:
     return None
 
 
+def _positions_fine(ring: list[Any]) -> bool:
+    """Fast path (numpy, no Python loop per position) for the usual all-good ring."""
+    try:
+        array = np.asarray(ring, dtype=np.float64)
+    except (ValueError, TypeError):
+        return False  # ragged or not numbers: the slow path says which position
+    if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] < 2:
+        return False
+    lon, lat = array[:, 0], array[:, 1]
+    return bool(
+        np.isfinite(array[:, :2]).all()
+        and (np.abs(lon) <= 180.0).all()
+        and (np.abs(lat) <= 90.0).all()
+    )
+
+
 def check_coordinates(
     file: str, key: str, zone_id: str, geometry: Mapping[str, Any], problems: list[ConfigProblem]
 ) -> bool:
@@ -183,7 +199,9 @@ def check_coordinates(
             problems.append(ConfigProblem(file, where, zone_id, "a ring must be a list"))
             ok = False
             continue
-        bad = [(i, r) for i, r in enumerate(map(_position_problem, ring)) if r is not None]
+        bad = [] if _positions_fine(ring) else [
+            (i, r) for i, r in enumerate(map(_position_problem, ring)) if r is not None
+        ]
         if bad:
             ok = False
             _report_positions(file, where, zone_id, len(ring), bad, problems)
