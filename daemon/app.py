@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import random
 import signal
 from collections import Counter
@@ -31,7 +30,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from daemon import metrics
-from daemon.configfiles import LoadedConfig
+from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.http import HttpServer
 from daemon.pipeline import Pipeline
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
@@ -247,7 +246,10 @@ class Daemon:
 
     async def _mqtt_loop(self) -> None:
         mqtt = self._settings.mqtt
-        password = os.environ.get(mqtt.password_env) if mqtt.password_env else None
+        try:
+            password = mqtt_password(mqtt)
+        except OSError as exc:
+            raise DaemonError(f"cannot read mqtt.password_file: {exc.strerror}") from exc
         delay = RECONNECT_MIN_SECONDS
         while True:
             failed: Exception | None = None

@@ -36,6 +36,7 @@ from pydantic import (
     ValidationError,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from shapely.geometry.base import BaseGeometry
 
@@ -67,6 +68,8 @@ ZONES_DIR = "zones"
 ENV_MQTT_HOST = "EMON_MQTT_HOST"
 ENV_MQTT_PORT = "EMON_MQTT_PORT"
 ENV_DATABASE_URL = "EMON_DATABASE_URL"
+# A file holding the database URL (a Docker or Kubernetes secret); EMON_DATABASE_URL wins.
+ENV_DATABASE_URL_FILE = "EMON_DATABASE_URL_FILE"
 ENV_HTTP_PORT = "EMON_HTTP_PORT"
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
@@ -87,8 +90,28 @@ class MqttSettings(_Strict):
     password_env: str | None = Field(
         None, title="Environment variable that holds the broker password"
     )
+    password_file: str | None = Field(
+        None, max_length=4096,
+        title="File that holds the broker password (a Docker or Kubernetes secret)",
+    )
     keepalive_seconds: int = Field(30, ge=5, le=3600, title="MQTT keepalive")
     reconnect_max_seconds: float = Field(30.0, ge=1.0, le=600.0, title="Longest reconnect wait")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttSettings:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+
+def mqtt_password(mqtt: MqttSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """The broker password from the environment or a secret file; None if none is set.
+    OSError if the file cannot be read (the daemon then refuses to start)."""
+    if mqtt.password_env is not None:
+        return (os.environ if env is None else env).get(mqtt.password_env)
+    if mqtt.password_file is not None:
+        return Path(mqtt.password_file).read_text(encoding="utf-8").strip()
+    return None
 
 
 class DatabaseSettings(_Strict):
@@ -534,6 +557,12 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     database = settings.database
     if ENV_DATABASE_URL in env:
         database = database.model_copy(update={"dsn": env[ENV_DATABASE_URL]})
+    elif ENV_DATABASE_URL_FILE in env:
+        try:
+            dsn = Path(env[ENV_DATABASE_URL_FILE]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{ENV_DATABASE_URL_FILE}: cannot read: {exc.strerror}") from None
+        database = database.model_copy(update={"dsn": dsn})
     http = settings.http
     if ENV_HTTP_PORT in env:
         http = http.model_copy(update={"port": int(env[ENV_HTTP_PORT])})

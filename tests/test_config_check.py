@@ -478,3 +478,34 @@ def test_config_error_lists_errors_then_warnings_with_lines(tmp_path: Path) -> N
     assert [p.severity for p in caught.value.problems] == ["error", "warning"]
     assert all(p.line is not None for p in caught.value.problems)
     assert len(caught.value.errors) == 1
+
+
+# ---------------------------------------------------------------------- secrets
+
+
+def test_secrets_come_from_the_environment_or_files(tmp_path: Path) -> None:
+    from daemon.configfiles import mqtt_password
+
+    secret = tmp_path / "db-url"
+    secret.write_text("postgresql://emon:s3cret@db/emon\n")
+    password = tmp_path / "mqtt-password"
+    password.write_text("hunter2\n")
+    settings = SETTINGS_YAML + f"mqtt:\n  username: emon\n  password_file: {password}\n"
+    directory = write_config(tmp_path / "c", settings=settings)
+
+    loaded = load_config(directory, env={"EMON_DATABASE_URL_FILE": str(secret)})
+    assert loaded.settings.database.dsn == "postgresql://emon:s3cret@db/emon"
+    assert mqtt_password(loaded.settings.mqtt) == "hunter2"
+    # The URL in the environment wins over the file.
+    loaded = load_config(directory, env={"EMON_DATABASE_URL": "postgresql:///x",
+                                          "EMON_DATABASE_URL_FILE": str(secret)})
+    assert loaded.settings.database.dsn == "postgresql:///x"
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(directory, env={"EMON_DATABASE_URL_FILE": str(tmp_path / "missing")})
+    assert "EMON_DATABASE_URL_FILE: cannot read" in caught.value.errors[0].reason
+
+    both = settings + "  password_env: EMON_MQTT_PASSWORD\n"
+    directory = write_config(tmp_path / "d", settings=both)
+    problem = only(errors(directory), "not both")
+    assert (problem.key, problem.line) == ("mqtt", line_of(directory / "settings.yaml", "mqtt:"))
