@@ -60,6 +60,9 @@ MIN_REPORTED_OVERLAP_M2 = 1.0
 # Report at most this many bad positions per zone: one swapped file must not flood the output.
 MAX_POSITION_PROBLEMS_PER_ZONE = 3
 
+# An edge within this of the fault point passes through it (~1 mm; GEOS reports the point
+# rounded to the input's precision).
+_ON_EDGE_DEG = 1e-8
 _GEOS_REASON = re.compile(r"^(?P<what>[^\[]+)\[(?P<x>\S+) (?P<y>\S+)\]$")
 _DATUM_IN_FILE_NAME: Mapping[str, Datum] = {
     "wgs84": Datum.WGS84,
@@ -255,10 +258,12 @@ def _report_positions(
 
 
 def describe_invalid_polygon(geometry: BaseGeometry, datum: Datum) -> tuple[str, str]:
-    """(key suffix of the vertex nearest the fault, reason) for an invalid (Multi)Polygon.
+    """(key suffix naming the place of the fault, reason) for an invalid (Multi)Polygon.
 
     GEOS names the fault and a point, e.g. "Self-intersection[114.05 22.54]"; the point is
-    in the file's own coordinates (this runs before datum conversion)."""
+    in the file's own coordinates (this runs before datum conversion). The reason adds the
+    edges that pass through that point (vertex numbers as in the file), and the key names
+    the first vertex of the first of them, else the vertex nearest the point."""
     reason = shapely.is_valid_reason(geometry)
     match = _GEOS_REASON.match(reason)
     if match is None:
@@ -268,26 +273,37 @@ def describe_invalid_polygon(geometry: BaseGeometry, datum: Datum) -> tuple[str,
     polygons: Sequence[Polygon] = (
         list(geometry.geoms) if isinstance(geometry, MultiPolygon) else [geometry]
     )
-    best: tuple[float, str] | None = None
+    point = shapely.Point(x, y)
+    nearest: tuple[float, str] | None = None
+    crossing: list[tuple[str, int]] = []  # (ring key, first vertex) of edges through the point
+    touching: list[tuple[str, int]] = []  # ...of edges that only end there
     for p_index, polygon in enumerate(polygons):
+        prefix = f".coordinates.{p_index}" if isinstance(geometry, MultiPolygon) else (
+            ".coordinates"
+        )
         for r_index, ring in enumerate([polygon.exterior, *polygon.interiors]):
-            coords = np.asarray(ring.coords)
-            if len(coords) == 0:
+            coords = np.asarray(ring.coords)[:, :2]
+            if len(coords) < 2:
                 continue
+            ring_key = f"{prefix}.{r_index}"
             distances = np.hypot(coords[:, 0] - x, coords[:, 1] - y)
             vertex = int(np.argmin(distances))
-            prefix = f".coordinates.{p_index}" if isinstance(geometry, MultiPolygon) else (
-                ".coordinates"
-            )
-            candidate = (float(distances[vertex]), f"{prefix}.{r_index}.{vertex}")
-            if best is None or candidate[0] < best[0]:
-                best = candidate
+            if nearest is None or distances[vertex] < nearest[0]:
+                nearest = (float(distances[vertex]), f"{ring_key}.{vertex}")
+            segments = shapely.linestrings(np.stack([coords[:-1], coords[1:]], axis=1))
+            for i in np.flatnonzero(shapely.distance(segments, point) <= _ON_EDGE_DEG):
+                ends_there = min(distances[i], distances[i + 1]) <= _ON_EDGE_DEG
+                (touching if ends_there else crossing).append((ring_key, int(i)))
     hint = _GEOS_HINTS.get(what, what.lower())
     text = f"invalid polygon: {hint} ({what}) at lon {x:.6f}, lat {y:.6f} ({datum.value})"
-    if best is None:
+    # Edges that cross at the point say more than edges that merely end there.
+    edges = crossing or touching
+    if edges:
+        named = ", ".join(f"{i}-{i + 1}" for _, i in edges[:4])
+        return f"{edges[0][0]}.{edges[0][1]}", f"{text}, on edges {named} (vertex numbers)"
+    if nearest is None:
         return "", text
-    vertex_key = best[1]
-    return vertex_key, f"{text}; the key names the nearest vertex (ring.vertex)"
+    return nearest[1], f"{text}; nearest vertex named in the key"
 
 
 # ---------------------------------------------------------------------- cross-file

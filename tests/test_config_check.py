@@ -92,11 +92,11 @@ def test_invalid_polygon_names_where_it_self_intersects(tmp_path: Path) -> None:
     assert match is not None
     assert float(match["lon"]) == pytest.approx(lon, abs=1e-6)
     assert float(match["lat"]) == pytest.approx(lat, abs=1e-6)
-    # The key names the nearest vertex, and the line is that vertex's line.
-    key = re.fullmatch(r"features\.0\.geometry\.coordinates\.0\.(\d)", problem.key)
-    assert key is not None
-    vertex = ring[int(key[1])]
-    assert problem.line == line_of(directory / problem.file, json.dumps(vertex))
+    # It names the two edges that cross (vertex numbers as in the file); the key and the
+    # line are the first vertex of the first edge.
+    assert problem.reason.endswith("on edges 0-1, 2-3 (vertex numbers)")
+    assert problem.key == "features.0.geometry.coordinates.0.0"
+    assert problem.line == line_of(directory / problem.file, json.dumps(ring[0]))
     # A subject's reference to the refused zone says so instead of "not defined".
     ref = only(found, "zone refused")
     assert (ref.file, ref.key, ref.value) == ("subjects.yaml", "subjects.0.home_zone", "home-a")
