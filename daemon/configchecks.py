@@ -100,6 +100,9 @@ def explain_validation_error(
         )
     if error_type == "extra_forbidden":
         return "unknown key (not a setting emon has; misspelt, or in the wrong section?)"
+    if error_type == "value_error":
+        # Our own validators' words, without pydantic's "Value error, " in front.
+        return message.removeprefix("Value error, ")
     return message
 
 
