@@ -24,7 +24,10 @@ def _setup_logging(level: str) -> None:
 
 def _load_or_report(directory: Path) -> LoadedConfig | None:
     try:
-        return load_config(directory)
+        loaded = load_config(directory)
+        for warning in loaded.warnings:
+            print(f"{directory}/{warning}", file=sys.stderr)
+        return loaded
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{directory}/{problem}", file=sys.stderr)
