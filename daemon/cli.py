@@ -20,6 +20,10 @@ def _setup_logging(level: str) -> None:
         level=getattr(logging, level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Their routine chatter (every tick run, every failed reconnect attempt during an outage
+    # that emon already reports once) would bury the lines an operator needs.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def _load_or_report(directory: Path) -> LoadedConfig | None:
@@ -166,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=720.0,
                       help="virtual seconds per wall second (720: a day in 2 minutes)")
     demo.add_argument("--run-dir", type=Path, default=Path(".run/demo"))
+    demo.add_argument("--verbose", action="store_true", help="show the daemon's INFO log")
     demo.add_argument("--exit-after-day", action="store_true",
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)

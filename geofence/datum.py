@@ -65,21 +65,24 @@ def _out_of_china(lon: Array, lat: Array) -> npt.NDArray[np.bool_]:
 
 def _gcj_delta(lon: Array, lat: Array) -> tuple[Array, Array]:
     """GCJ-02 minus WGS-84 offset (dlon, dlat) in degrees at WGS-84 (lon, lat); no China test."""
-    x = lon - 105.0
-    y = lat - 35.0
-    sq = np.sqrt(np.abs(x))
-    common = (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
-    dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * sq + common
-    dlat += (20.0 * np.sin(y * np.pi) + 40.0 * np.sin(y / 3.0 * np.pi)) * 2.0 / 3.0
-    dlat += (160.0 * np.sin(y / 12.0 * np.pi) + 320.0 * np.sin(y * np.pi / 30.0)) * 2.0 / 3.0
-    dlon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * sq + common
-    dlon += (20.0 * np.sin(x * np.pi) + 40.0 * np.sin(x / 3.0 * np.pi)) * 2.0 / 3.0
-    dlon += (150.0 * np.sin(x / 12.0 * np.pi) + 300.0 * np.sin(x / 30.0 * np.pi)) * 2.0 / 3.0
-    radlat = lat / 180.0 * np.pi
-    magic = 1.0 - _EE * np.sin(radlat) ** 2
-    sqrtmagic = np.sqrt(magic)
-    dlat = (dlat * 180.0) / ((_A * (1.0 - _EE)) / (magic * sqrtmagic) * np.pi)
-    dlon = (dlon * 180.0) / (_A / sqrtmagic * np.cos(radlat) * np.pi)
+    # Far outside China (even non-finite input) the offset is computed, then masked out by
+    # the callers; numpy's warnings about it would only be noise.
+    with np.errstate(all="ignore"):
+        x = lon - 105.0
+        y = lat - 35.0
+        sq = np.sqrt(np.abs(x))
+        common = (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
+        dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * sq + common
+        dlat += (20.0 * np.sin(y * np.pi) + 40.0 * np.sin(y / 3.0 * np.pi)) * 2.0 / 3.0
+        dlat += (160.0 * np.sin(y / 12.0 * np.pi) + 320.0 * np.sin(y * np.pi / 30.0)) * 2.0 / 3.0
+        dlon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * sq + common
+        dlon += (20.0 * np.sin(x * np.pi) + 40.0 * np.sin(x / 3.0 * np.pi)) * 2.0 / 3.0
+        dlon += (150.0 * np.sin(x / 12.0 * np.pi) + 300.0 * np.sin(x / 30.0 * np.pi)) * 2.0 / 3.0
+        radlat = lat / 180.0 * np.pi
+        magic = 1.0 - _EE * np.sin(radlat) ** 2
+        sqrtmagic = np.sqrt(magic)
+        dlat = (dlat * 180.0) / ((_A * (1.0 - _EE)) / (magic * sqrtmagic) * np.pi)
+        dlon = (dlon * 180.0) / (_A / sqrtmagic * np.cos(radlat) * np.pi)
     return dlon, dlat
 
 
