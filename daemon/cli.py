@@ -70,7 +70,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     with source:
         stats = replay_lines(
             source, loaded.core, loaded.settings.tick_interval_seconds, sys.stdout,
-            None if args.quiet else sys.stderr,
+            None if args.quiet else sys.stderr, escalation=args.escalation,
         )
     return 0 if stats.bad_lines == 0 else 3
 
@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="run the core offline over a JSONL recording")
     replay.add_argument("--config", type=Path, default=DEFAULT_CONFIG_DIR)
     replay.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    replay.add_argument("--escalation", action="store_true",
+                        help="also the escalation steps (notified, escalated, reminded) the "
+                        "policies would send if nobody acknowledged")
     replay.add_argument("input", type=Path, help="JSONL file, or - for stdin")
     replay.set_defaults(func=_cmd_replay)
 
@@ -174,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-after-day", action="store_true",
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)
+
+    from daemon.alerts_cli import add_parsers as add_alert_parsers
+
+    add_alert_parsers(sub, DEFAULT_CONFIG_DIR)
 
     from simulators.cli import add_parser as add_sim_parser
 

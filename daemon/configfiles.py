@@ -19,7 +19,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from enum import StrEnum
 from functools import partial
@@ -42,6 +42,7 @@ from shapely.geometry.base import BaseGeometry
 
 from alerts.model import RuleId, Tier
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
+from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
     DEFAULT_DWELL_SECONDS,
@@ -385,6 +386,7 @@ class LoadedConfig:
     subjects: SubjectsFile
     schedules: SchedulesFile
     core: CoreConfig
+    policies: PoliciesFile = field(default_factory=PoliciesFile)
     warnings: tuple[ConfigProblem, ...] = ()
 
     @property
@@ -588,13 +590,22 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
     settings = _parse(Settings, directory / SETTINGS_FILE, problems, required=False)
     subjects = _parse(SubjectsFile, directory / SUBJECTS_FILE, problems, required=True)
     schedules = _parse(SchedulesFile, directory / SCHEDULES_FILE, problems, required=False)
+    policies = _parse(PoliciesFile, directory / POLICIES_FILE, problems, required=False)
     raw_zones = _load_zones(directory, problems)
     if schedules is not None:
         configchecks.check_schedules(schedules, problems)
-    if settings is None or subjects is None or schedules is None:
+    if settings is None or subjects is None or schedules is None or policies is None:
         raise ConfigError(problems)
+    environment = os.environ if env is None else env
+    officer_roles = {o.id: (o.role.value, o.supervisor) for o in subjects.officers}
+    problems.extend(
+        ConfigProblem(POLICIES_FILE, key, value, reason)
+        for key, value, reason in reference_problems(
+            policies, officer_roles, {s.id: s.officer for s in subjects.subjects}, environment
+        )
+    )
     try:
-        settings = _apply_env(settings, os.environ if env is None else env)
+        settings = _apply_env(settings, environment)
     except (ValueError, ValidationError) as exc:
         problems.append(ConfigProblem("(environment)", "EMON_*", "", str(exc)))
 
@@ -745,7 +756,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             max_speed_mps=rules.max_speed_mps,
             tiers={**RuleParams().tiers, **rules.tiers},
         ),
+        alerting=compile_alerting(policies, officer_roles),
     )
     return LoadedConfig(
-        directory, settings, subjects, schedules, core, tuple(problems.located_warnings())
+        directory, settings, subjects, schedules, core, policies,
+        tuple(problems.located_warnings()),
     )

@@ -19,6 +19,7 @@ from typing import IO, Any
 from pydantic import BaseModel
 
 from daemon.configfiles import SchedulesFile, Settings, SubjectsFile, ZoneFile
+from daemon.policyfile import PoliciesFile
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -26,6 +27,7 @@ SCHEMA_MODELS: Mapping[str, tuple[type[BaseModel], str]] = {
     "settings.schema.json": (Settings, "emon settings.yaml"),
     "subjects.schema.json": (SubjectsFile, "emon subjects.yaml"),
     "schedules.schema.json": (SchedulesFile, "emon schedules.yaml"),
+    "policies.schema.json": (PoliciesFile, "emon policies.yaml (alert lifecycle)"),
     "zones.schema.json": (ZoneFile, "emon zones/*.geojson (GeoJSON with a declared datum)"),
 }
 

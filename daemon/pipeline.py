@@ -34,7 +34,7 @@ class Pipeline:
     def __init__(self, config: CoreConfig) -> None:
         self._config = config
         self.engine = Engine(config)
-        self.book = AlertBook(officer_of=self._officer_of)
+        self.book = AlertBook(self._officer_of, config.alerting.tier_policies())
         self.rejections: Counter[RejectReason] = Counter()
 
     @property
@@ -50,6 +50,7 @@ class Pipeline:
         (on the thread that makes them): each call then runs against one config only."""
         self._config = config
         self.engine.swap_config(config)
+        self.book.swap_policies(config.alerting.tier_policies())
 
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         version = self._config.version

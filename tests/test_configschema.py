@@ -46,7 +46,7 @@ def test_schema_check_command_reports_stale_files(
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == render_schemas()
 
 
-@pytest.mark.parametrize("name", ["settings", "subjects", "schedules"])
+@pytest.mark.parametrize("name", ["settings", "subjects", "schedules", "policies"])
 def test_example_yaml_names_its_schema_and_is_valid_under_it(name: str) -> None:
     path = CONFIG / f"{name}.yaml"
     match = MODELINE.match(path.read_text(encoding="utf-8").splitlines()[0])

@@ -1,4 +1,4 @@
-"""The config versions the daemon has run (table `config_versions`, migration 0003).
+"""The config versions the daemon has run (table `config_versions`, migration 0004).
 
 Each row keeps the files a version was built from, so the fence or schedule that decided
 about a stored ping (`pings.config_version`) can be shown later, after the files on disk

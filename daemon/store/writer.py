@@ -202,7 +202,7 @@ class _Table:
         )
 
 
-# config_version: the config the core evaluated the row against (migration 0003).
+# config_version: the config the core evaluated the row against (migration 0004).
 _TABLES: Final = (
     _Table(
         name="pings",

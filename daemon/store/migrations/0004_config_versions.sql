@@ -1,4 +1,4 @@
--- 0003: which operator config decided about each row, and what that config said.
+-- 0004: which operator config decided about each row, and what that config said.
 --
 -- Hot reload (issue 7) swaps the config between two messages. Each stored ping and
 -- device event names the config version the core evaluated it against (the content
