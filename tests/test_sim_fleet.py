@@ -9,6 +9,7 @@ import io
 import json
 import random
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from itertools import islice, pairwise
 from pathlib import Path
@@ -38,6 +39,14 @@ from simulators.scripted_day import LonLat, SimMessage, write_jsonl
 
 DAY = date(2026, 11, 16)  # a Monday
 SUBJECTS = 4
+
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A broker of this test alone: the traffic of simulators (thousands of QoS 1 messages)
+    must not queue up in other tests' persistent sessions on the session-wide broker."""
+    with MosquittoProcess(tmp_path / "mosquitto") as broker:
+        yield broker
+
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +185,11 @@ def test_written_config_accepts_every_device_and_replay_refuses_nothing(
 
 
 @pytest.mark.services
-async def test_fleet_published_live_and_received(mosquitto: MosquittoProcess) -> None:
+async def test_fleet_published_live_and_received(private_broker: MosquittoProcess) -> None:
     messages = list(islice(fleet_messages(build_fleet(2, seed=1), DAY), 300))
     received: list[str] = []
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="fleet-watch") as watch:
+    broker = private_broker
+    async with aiomqtt.Client(broker.host, broker.port, identifier="fleet-watch") as watch:
         await watch.subscribe("emon/v1/devices/#", qos=1)
         await watch.subscribe("owntracks/+/+", qos=1)
 
@@ -191,8 +201,8 @@ async def test_fleet_published_live_and_received(mosquitto: MosquittoProcess) ->
 
         async with asyncio.TaskGroup() as tasks:
             collector = tasks.create_task(collect())
-            sent = await publish_stream(iter(messages), host=mosquitto.host,
-                                        port=mosquitto.port, progress=False, inflight=50,
+            sent = await publish_stream(iter(messages), host=private_broker.host,
+                                        port=private_broker.port, progress=False, inflight=50,
                                         client_id="fleet-live-test")
             await asyncio.wait_for(collector, 30)
     assert sent == len(messages)
@@ -214,12 +224,13 @@ def test_mqtt_packets_are_well_formed() -> None:
 
 
 @pytest.mark.services
-async def test_load_generator_reaches_a_small_rate(mosquitto: MosquittoProcess) -> None:
+async def test_load_generator_reaches_a_small_rate(private_broker: MosquittoProcess) -> None:
     rate = 2000.0
     received = 0
     expected: int | None = None
     all_in = asyncio.Event()
-    async with aiomqtt.Client(mosquitto.host, mosquitto.port, identifier="load-watch") as watch:
+    broker = private_broker
+    async with aiomqtt.Client(broker.host, broker.port, identifier="load-watch") as watch:
         # QoS 1: the broker queues for a subscriber that lags (QoS 0 may be dropped).
         await watch.subscribe("emon/v1/devices/+/location", qos=1)
 
@@ -235,7 +246,7 @@ async def test_load_generator_reaches_a_small_rate(mosquitto: MosquittoProcess) 
 
         async with asyncio.TaskGroup() as tasks:
             counter = tasks.create_task(count())
-            plan = LoadPlan(mosquitto.host, mosquitto.port, devices=200, connections=4,
+            plan = LoadPlan(private_broker.host, private_broker.port, devices=200, connections=4,
                             rate=rate, duration_s=3.0, processes=2, qos=1)
             progress = io.StringIO()
             result = await asyncio.to_thread(run_load, plan, progress)

@@ -33,6 +33,14 @@ REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = REPO / "simulators" / "scenarios"
 STARTUP_TIMEOUT_SECONDS = 60.0
 
+@pytest.fixture
+def private_broker(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A broker of this test alone: the traffic of simulators (thousands of QoS 1 messages)
+    must not queue up in other tests' persistent sessions on the session-wide broker."""
+    with MosquittoProcess(tmp_path / "mosquitto") as broker:
+        yield broker
+
+
 
 def _ids(paths: list[Path]) -> list[str]:
     return [p.stem for p in paths]
@@ -178,12 +186,12 @@ def _healthy(port: int) -> bool:
 
 @pytest.fixture
 def scenario_daemon(
-    mosquitto: MosquittoProcess, pg_dsn: str, tmp_path: Path
+    private_broker: MosquittoProcess, pg_dsn: str, tmp_path: Path
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`emon run` on the scenario suite's config, on the session broker and a fresh database."""
     http_port = find_free_port()
     env = dict(os.environ)
-    env.update(EMON_MQTT_HOST=mosquitto.host, EMON_MQTT_PORT=str(mosquitto.port),
+    env.update(EMON_MQTT_HOST=private_broker.host, EMON_MQTT_PORT=str(private_broker.port),
                EMON_DATABASE_URL=pg_dsn, EMON_HTTP_PORT=str(http_port))
     # A client id of its own: the daemon's persistent session on the session-wide broker must
     # not inherit messages queued for another test's daemon (or leave some for it).
@@ -223,7 +231,7 @@ def scenario_daemon(
 @pytest.mark.e2e
 @pytest.mark.services
 async def test_scenarios_live_against_a_real_daemon(
-    scenario_daemon: subprocess.Popen[bytes], mosquitto: MosquittoProcess
+    scenario_daemon: subprocess.Popen[bytes], private_broker: MosquittoProcess
 ) -> None:
     # Different subjects and devices, so the runs do not share device state in the daemon;
     # owntracks_phone goes through the daemon's OwnTracks subscription.
@@ -231,7 +239,7 @@ async def test_scenarios_live_against_a_real_daemon(
         scenario = load_scenario(SCENARIOS / f"{name}.yaml")
         result = await run_live(
             scenario, load_scenario_config(scenario),
-            LiveTarget(mosquitto.host, mosquitto.port, timeout_s=30.0,
+            LiveTarget(private_broker.host, private_broker.port, timeout_s=30.0,
                        client_id=f"test-live-{name}"),
         )
         assert result.passed, format_result(result, verbose=True)
@@ -242,7 +250,7 @@ async def test_scenarios_live_against_a_real_daemon(
 @pytest.mark.e2e
 @pytest.mark.services
 async def test_live_run_reports_missing_alerts(
-    scenario_daemon: subprocess.Popen[bytes], mosquitto: MosquittoProcess, tmp_path: Path
+    scenario_daemon: subprocess.Popen[bytes], private_broker: MosquittoProcess, tmp_path: Path
 ) -> None:
     path = _broken(tmp_path, """
 name: live_wrong
@@ -256,7 +264,7 @@ expect:
 """)
     scenario = load_scenario(path)
     result = await run_live(scenario, load_scenario_config(scenario),
-                            LiveTarget(mosquitto.host, mosquitto.port, timeout_s=2.0))
+                            LiveTarget(private_broker.host, private_broker.port, timeout_s=2.0))
     assert not result.passed
     assert "MISSING" in format_result(result)
 
