@@ -5,6 +5,9 @@ Shutdown (SIGTERM/SIGINT) drains in stages, each with its own timeout:
   2. alert transitions already decided are recorded in the database and published;
   3. escalation sweeps stop; deliveries in flight finish (queued ones stay in the outbox);
   4. buffered pings are flushed by the writer; the pool and HTTP close last.
+
+The operator config is hot-reloaded (daemon/reload.py) on file change or SIGHUP: loaded and
+validated whole in a worker thread, swapped in between two messages, or refused.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import random
 import signal
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiomqtt
@@ -31,12 +34,14 @@ from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from daemon import metrics
 from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
-from daemon.configfiles import LoadedConfig
+from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.console.web import ConsoleService
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Pipeline
+from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.store.alerts_repo import AlertRepository
+from daemon.store.config_repo import ConfigVersionRepository
 from daemon.store.errors import StoreError
 from daemon.store.migrations import migrate
 from daemon.store.pool import open_pool
@@ -45,6 +50,7 @@ from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
 )
@@ -67,16 +73,23 @@ class DaemonError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
-    kind: str  # "alert" or "deadletter": a metric label
+    kind: str  # "alert", "deadletter" or "operators": a metric label
     topic: str
     payload: bytes
     qos: int = 1
+    retain: bool = False
     # Completed once the broker has the message (notifiers wait on it); a cancelled one
     # (its waiter gave up) is not published.
     done: asyncio.Future[None] | None = field(default=None, compare=False)
 
 
 _STOP: Any = object()  # sentinel that tells a worker to finish
+
+# policies.yaml parts the AlertingService reads once at start (a reload names them).
+_RESTART_ONLY_POLICY_FIELDS = (
+    "notifiers", "contacts", "mqtt_officer_topics", "sweep_interval_seconds", "console_url",
+    "silences",
+)
 
 
 def _alert_from_row(row: dict[str, Any]) -> Alert:
@@ -140,6 +153,12 @@ class Daemon:
         self._exported_engine_stats: Counter[str] = Counter()
         self._recorder_done = asyncio.Event()
         self._alerting_done = asyncio.Event()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._config_repo: ConfigVersionRepository | None = None
+        self._reloader = ConfigReloader(
+            loaded.directory, loaded, self._apply_config, self._publish_operators,
+            record=self._record_config_version,
+        )
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -166,6 +185,7 @@ class Daemon:
             "ok": self._mqtt_connected,
             "mqtt_connected": self._mqtt_connected,
             "config_version": self._pipeline.config.version,
+            "config_reload": self._reloader.status.to_json(),
             "open_alerts": len(self._pipeline.book.unresolved()),
         }
 
@@ -177,6 +197,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reloader.request_reload)
         info = await self._migrate_with_retry(dsn)
         _LOGGER.info(
             "store ready: %s, schema %s",
@@ -186,6 +208,7 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(dsn))
             repo = AlertRepository(pool)
+            self._config_repo = ConfigVersionRepository(pool)
             await self._restore_alerts(repo)
             self._writer = await stack.enter_async_context(PingWriter(pool))
             alerting = await stack.enter_async_context(
@@ -218,15 +241,20 @@ class Daemon:
             )
             alerting.schedule(scheduler)
             scheduler.start()
+            self._scheduler = scheduler
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._mqtt_loop(), name="emon-mqtt")
                     tasks.create_task(self._alert_recorder(), name="emon-alert-recorder")
                     tasks.create_task(self._run_alerting(alerting), name="emon-alerting")
                     tasks.create_task(self._commands.run(), name="emon-commands")
+                    tasks.create_task(
+                        self._reloader.run(self._stop_requested), name="emon-config-reload"
+                    )
                     tasks.create_task(self._shutdown_controller(), name="emon-shutdown")
             finally:
                 scheduler.shutdown(wait=False)
+            await self._reloader.close()
             # Leaving the exit stack flushes the writer (stage 3), then closes HTTP and pool.
         _LOGGER.info("stopped cleanly")
 
@@ -279,7 +307,10 @@ class Daemon:
 
     async def _mqtt_loop(self) -> None:
         mqtt = self._settings.mqtt
-        password = os.environ.get(mqtt.password_env) if mqtt.password_env else None
+        try:
+            password = mqtt_password(mqtt)
+        except OSError as exc:
+            raise DaemonError(f"cannot read mqtt.password_file: {exc.strerror}") from exc
         delay = RECONNECT_MIN_SECONDS
         while True:
             failed: Exception | None = None
@@ -367,13 +398,16 @@ class Daemon:
                 )
             )
             return
+        if outcome.ignored is not None:
+            metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
+            return
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
-        metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
+        metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        await self._writer.put(observation, outcome.subject_id)
+        await self._writer.put(observation, outcome.subject_id, outcome.config_version)
         if self._console is not None:
             self._console.feed.on_observation(observation, outcome.subject_id)
         if outcome.transitions:
@@ -398,7 +432,9 @@ class Daemon:
                     continue  # its waiter gave up (timeout): it will be sent again
                 self._pending_publish = message
             try:
-                await client.publish(message.topic, message.payload, qos=message.qos)
+                await client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
             except aiomqtt.MqttError:
                 metrics.PUBLISH_FAILURES.labels(message.kind).inc()
                 raise  # kept in _pending_publish; retried after reconnect
@@ -508,6 +544,52 @@ class Daemon:
                     _LOGGER.warning("recording alerts failed (%s); retry in %.1f s", exc, delay)
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
+
+    # ------------------------------------------------------------------ config reload
+
+    def _apply_config(self, new: LoadedConfig) -> list[str]:
+        """Swap a validated config in (on the event loop: between two messages); return the
+        settings that only a restart applies."""
+        old = self._loaded
+        self._pipeline.swap_config(new.core)
+        with contextlib.suppress(KeyError):
+            metrics.CONFIG_INFO.remove(old.core.version)
+        metrics.CONFIG_INFO.labels(new.core.version).set(1)
+        tick_seconds = new.settings.tick_interval_seconds
+        if tick_seconds != old.settings.tick_interval_seconds and self._scheduler is not None:
+            self._scheduler.reschedule_job("emon-tick", trigger="interval", seconds=tick_seconds)
+        self._loaded = new
+        if self._console is not None:
+            self._console.swap_config(new)
+        # Connections and listeners keep the settings they were opened with; notifier
+        # endpoints, contacts and the sweep are built once by the AlertingService. The
+        # escalation ladders, inhibitions and leave mutes are in the core: they apply now.
+        restart = [
+            name for name in ("mqtt", "database", "http")
+            if getattr(self._settings, name) != getattr(new.settings, name)
+        ]
+        if old.settings.console.enabled != new.settings.console.enabled:
+            restart.append("console.enabled")  # the console's routes are set up at start
+        restart += [
+            f"policies.{name}" for name in _RESTART_ONLY_POLICY_FIELDS
+            if getattr(old.policies, name) != getattr(new.policies, name)
+        ]
+        return restart
+
+    def _publish_operators(self, body: dict[str, Any]) -> None:
+        self._enqueue_nowait(
+            OutboundMessage(
+                "operators", OPERATORS_CONFIG_TOPIC,
+                json.dumps(body, ensure_ascii=False).encode(), qos=1, retain=True,
+            )
+        )
+
+    async def _record_config_version(
+        self, version: str, directory: Path, files: Mapping[str, str], applied_at: datetime
+    ) -> None:
+        if self._config_repo is None:
+            raise DaemonError("database not open yet")
+        await self._config_repo.record(version, directory, files, applied_at)
 
     async def _tick_job(self) -> None:
         try:

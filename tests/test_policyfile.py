@@ -52,11 +52,12 @@ contacts:
 """)
     found = problems(directory)
     assert (
-        "policies.yaml: tiers.critical.steps.0.targets = off-nobody: officer not defined" in found
+        "policies.yaml:5: tiers.critical.steps.0.targets = off-nobody: officer not defined"
+        in found
     )
     assert any("steps.1.targets = acknowledger" in p for p in found)
-    assert "policies.yaml: contacts = off-ghost: officer not defined" in found
-    assert ("policies.yaml: notifiers.ops.secret_env = EMON_OPS_SECRET: environment variable "
+    assert "policies.yaml:12: contacts = off-ghost: officer not defined" in found
+    assert ("policies.yaml:11: notifiers.ops.secret_env = EMON_OPS_SECRET: environment variable "
             "not set") in found
     # With the secret in the environment only the reference problems remain.
     assert not any("EMON_OPS_SECRET" in p
@@ -74,6 +75,6 @@ notifiers:
   mqtt: {kind: wecom, url: "https://qyapi.weixin.qq.com/x"}
 """)
     found = problems(directory)
-    assert any(p.startswith("policies.yaml: sweep_interval_seconds = 0:") for p in found)
+    assert any(p.startswith("policies.yaml:2: sweep_interval_seconds = 0:") for p in found)
     assert any("tiers.critical.steps" in p and "at least 1" in p for p in found)
     assert any("tiers.critical.escalate_faster" in p for p in found)

@@ -169,6 +169,12 @@ class LiveFeed:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_closed.wait(), CLOSE_WAIT_SECONDS)
 
+    def configure(self, *, max_clients: int, queue_size: int, stale_after: timedelta) -> None:
+        """New limits from a reloaded config; open streams keep their queue's size."""
+        self._max_clients = max_clients
+        self._queue_size = queue_size
+        self._stale_after = stale_after
+
     # ------------------------------------------------------------------ streams
 
     @property

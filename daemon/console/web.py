@@ -167,6 +167,19 @@ class ConsoleService:
             clock=clock,
         )
 
+    def swap_config(self, loaded: LoadedConfig) -> None:
+        """A reloaded config (on the event loop, between two messages). Scopes follow the
+        pipeline's new config by themselves; names, map settings and limits follow here.
+        `enabled` needs a restart (the routes are set up once)."""
+        self._loaded = loaded
+        self._settings = loaded.settings.console
+        self._csp = _content_security_policy(self._settings.tile_url)
+        self.feed.configure(
+            max_clients=self._settings.max_clients,
+            queue_size=self._settings.client_queue_size,
+            stale_after=timedelta(seconds=self._settings.stale_after_seconds),
+        )
+
     async def __aenter__(self) -> ConsoleService:
         await self.feed.__aenter__()
         if not (self._static_dir / "index.html").is_file():
