@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
@@ -108,24 +109,31 @@ def test_console_settings_refuse_what_cannot_work(fields: dict[str, Any], messag
         ConsoleSettings.model_validate(fields)
 
 
-def test_bad_console_settings_are_reported_by_file_and_key(tmp_path: Path) -> None:
+def _with_console(tmp_path: Path, console: dict[str, Any]) -> Path:
+    """A copy of the example config whose settings.yaml has this `console:` section."""
     directory = tmp_path / "config"
     shutil.copytree(CONFIG_DIR, directory)
-    with (directory / "settings.yaml").open("a", encoding="utf-8") as f:
-        f.write("console:\n  tile_url: http://tiles.local/{z}/{y}.png\n")
+    path = directory / "settings.yaml"
+    settings = yaml.safe_load(path.read_text(encoding="utf-8"))
+    settings["console"] = console
+    path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    return directory
+
+
+def test_bad_console_settings_are_reported_by_file_and_key(tmp_path: Path) -> None:
+    directory = _with_console(tmp_path, {"tile_url": "http://tiles.local/{z}/{y}.png"})
     with pytest.raises(ConfigError) as info:
         load_config(directory, env={})
-    [problem] = info.value.problems
+    [problem] = [p for p in info.value.problems if p.severity == "error"]
     assert (problem.file, problem.key) == ("settings.yaml", "console")
     assert "lacks {x}" in problem.reason
 
 
 def test_tile_server_settings_load(tmp_path: Path) -> None:
-    directory = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, directory)
-    with (directory / "settings.yaml").open("a", encoding="utf-8") as f:
-        f.write("console:\n  tile_url: http://{s}.tiles.local:8080/{z}/{x}/{y}.png\n"
-                "  tile_attribution: OpenStreetMap contributors\n")
+    directory = _with_console(tmp_path, {
+        "tile_url": "http://{s}.tiles.local:8080/{z}/{x}/{y}.png",
+        "tile_attribution": "OpenStreetMap contributors",
+    })
     loaded = load_config(directory, env={})
     assert loaded.settings.console.tile_url == "http://{s}.tiles.local:8080/{z}/{x}/{y}.png"
 
