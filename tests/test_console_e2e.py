@@ -5,7 +5,8 @@ through chromium-driver) on the real daemon, real Mosquitto and real PostgreSQL.
   and in the alerts list within seconds;
 - acknowledging and resolving it in the page changes its state in the database;
 - an officer cannot see another officer's subject (map, list, track, live updates), and
-  their supervisor sees both.
+  their supervisor sees both;
+- a tile server is used when (and only when) settings.yaml names one.
 
 Selenium blocks, and the daemon runs in this test's event loop, so every browser step runs
 in a thread (asyncio.to_thread).
@@ -14,7 +15,9 @@ in a thread (asyncio.to_thread).
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,6 +26,8 @@ from typing import Any, TypeVar
 
 import psycopg
 import pytest
+import yaml
+from aiohttp import web
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
@@ -46,6 +51,22 @@ pytestmark = [pytest.mark.e2e, pytest.mark.services]
 
 # "Within seconds": from the device's publish to the page, on a noisy 2-core machine.
 APPEARS_WITHIN_SECONDS = 5.0
+
+
+def _png_1x1() -> bytes:
+    """A valid 1x1 transparent PNG (what a tile server returns, in miniature)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)  # 1x1, 8-bit RGBA
+    pixels = zlib.compress(b"\x00\x00\x00\x00\x00")  # filter byte + one RGBA pixel
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+ONE_PIXEL_PNG = _png_1x1()
 _T = TypeVar("_T")
 
 
@@ -117,6 +138,7 @@ async def test_a_breach_appears_within_seconds_and_is_acknowledged_and_resolved_
         await in_browser(sign_in, driver, env.base, env.tokens["off-li"])
         await in_browser(wait(driver).until, lambda d: _css(d, "path.subject-s001.status-ok"))
         assert not _css(driver, ".alert-card")
+        assert not _css(driver, "img.leaflet-tile")  # no tile server: a plain background
 
         # s001 walks from home into the school (exclusion zone): two fixes inside confirm it.
         now = datetime.now(UTC).replace(microsecond=0)
@@ -242,3 +264,47 @@ async def test_an_officer_cannot_see_another_officers_subject_and_the_supervisor
         assert _visible_subjects(driver) == {"s001", "s002", "s003"}
         assert _css(driver, "path.subject-s001")
         assert _css(driver, "path.subject-s003")
+
+
+async def test_a_configured_tile_server_is_used(
+    mosquitto: MosquittoProcess, pg_dsn: str, tmp_path: Path
+) -> None:
+    """A tile server on loopback, named in settings.yaml: the page draws its tiles (the
+    content security policy lets exactly that origin in), and asks nobody else."""
+    requested: list[str] = []
+
+    async def tile(request: web.Request) -> web.Response:
+        requested.append(request.path)
+        return web.Response(body=ONE_PIXEL_PNG, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/tiles/{z}/{x}/{y}.png", tile)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        directory = config_dir(tmp_path)
+        settings_path = directory / "settings.yaml"
+        settings = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
+        settings["console"] = {
+            "tile_url": f"http://127.0.0.1:{port}/tiles/{{z}}/{{x}}/{{y}}.png",
+            "tile_attribution": "test tiles",
+        }
+        settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+        loaded = load(directory, mosquitto.host, mosquitto.port, pg_dsn)
+        async with running_daemon(loaded) as daemon:
+            tokens = await issue_tokens(pg_dsn, ["off-li"])
+            with chromium() as driver:
+                await in_browser(sign_in, driver, f"http://127.0.0.1:{daemon.http_port}",
+                                 tokens["off-li"])
+                await in_browser(wait(driver).until,
+                                 lambda d: _css(d, "img.leaflet-tile-loaded"))
+                assert "test tiles" in driver.find_element(
+                    By.CSS_SELECTOR, ".leaflet-control-attribution").text
+                assert await in_browser(browser_problems, driver) == []
+        assert requested
+        assert all(path.startswith("/tiles/") for path in requested)
+    finally:
+        await runner.cleanup()
