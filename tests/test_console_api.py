@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+import yaml
 
 from daemon.app import Daemon
 from daemon.console.store import ConsoleStore, TokenGrant
@@ -403,3 +404,25 @@ async def test_page_and_assets_are_served_with_a_strict_policy(env: Env) -> None
                 assert r.status == 404, bad
         async with http.get("/", allow_redirects=False) as r:
             assert (r.status, r.headers["Location"]) == (302, "/console/")
+
+
+async def test_a_reloaded_config_reaches_the_console(env: Env, tmp_path: Path) -> None:
+    """Hot reload: map settings and limits apply at once; `enabled` needs a restart."""
+    directory = config_dir(tmp_path / "reloaded")
+    settings_path = directory / "settings.yaml"
+    settings = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
+    settings["console"] = {"tile_url": "http://tiles.internal:8080/{z}/{x}/{y}.png",
+                           "tile_attribution": "OSM", "stale_after_seconds": 600,
+                           "enabled": False}
+    settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    new = load(directory, env.mosquitto.host, env.mosquitto.port, env.dsn)
+    restart = env.daemon._apply_config(new)
+    assert "console.enabled" in restart
+    async with await env.signed_in("off-li") as http:
+        async with http.get("/console/api/me") as r:
+            me = await r.json()
+        async with http.get("/console/") as r:
+            policy = r.headers["Content-Security-Policy"]
+    assert me["map"]["tile_url"] == "http://tiles.internal:8080/{z}/{x}/{y}.png"
+    assert me["map"]["stale_after_seconds"] == 600
+    assert "img-src 'self' data: http://tiles.internal:8080;" in policy
