@@ -29,11 +29,13 @@ from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from daemon import metrics
 from daemon.configfiles import LoadedConfig
 from daemon.http import HttpServer
-from daemon.pipeline import Pipeline
+from daemon.pipeline import Outcome, Pipeline
+from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
 from daemon.store.errors import StoreError
-from daemon.store.migrations import migrate
-from daemon.store.pool import open_pool
+from daemon.store.migrations import StoreInfo, migrate
+from daemon.store.pool import Pool, open_pool
+from daemon.store.settings import AckPolicy
 from daemon.store.writer import PingWriter
 from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
@@ -52,6 +54,9 @@ STARTUP_DB_RETRY_MAX_SECONDS = 10.0
 STAGE_INGEST_TIMEOUT_SECONDS = 5.0
 STAGE_ALERTS_TIMEOUT_SECONDS = 10.0
 ALERT_RECORD_RETRY_MAX_SECONDS = 10.0
+# Messages handled but not yet acknowledged (waiting for their rows to be durable); more
+# than the broker's window of unacknowledged messages, so it only fills if acks stall.
+ACK_QUEUE_SIZE = 10_000
 
 
 class DaemonError(Exception):
@@ -116,6 +121,9 @@ class Daemon:
         self._reader_done = asyncio.Event()
         self._pending_publish: OutboundMessage | None = None
         self._writer: PingWriter | None = None
+        self._pool: Pool | None = None
+        self._store_info: StoreInfo | None = None
+        self._ack_durable = self._settings.store.ack is AckPolicy.DURABLE
         self._mqtt_connected = False
         self._exported_engine_stats: Counter[str] = Counter()
         self.http_port: int | None = None
@@ -163,9 +171,16 @@ class Daemon:
         metrics.CONFIG_INFO.labels(self._pipeline.config.version).set(1)
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(dsn))
+            self._pool, self._store_info = pool, info
             repo = AlertRepository(pool)
             await self._restore_alerts(repo)
-            self._writer = await stack.enter_async_context(PingWriter(pool))
+            # Entered before the writer, so closed after it: the writer keeps in the
+            # journal whatever the database cannot take at shutdown.
+            journal = await stack.enter_async_context(open_journal(self._settings, pool))
+            self._writer = await stack.enter_async_context(
+                PingWriter(pool, journal=journal, **writer_options(self._settings))
+            )
+            await self._maintenance_job(set_policies=True)
             http = await stack.enter_async_context(
                 HttpServer(self._settings.http.host, self._settings.http.port, self._health)
             )
@@ -174,6 +189,11 @@ class Daemon:
             scheduler.add_job(
                 self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
                 id="emon-tick", max_instances=1, coalesce=True,
+            )
+            scheduler.add_job(
+                self._maintenance_job, "interval",
+                minutes=self._settings.store.maintenance_interval_minutes,
+                id="emon-store-maintenance", max_instances=1, coalesce=True,
             )
             scheduler.start()
             try:
@@ -249,12 +269,18 @@ class Daemon:
                         for topic in DEVICE_SUBSCRIPTIONS:
                             await client.subscribe(topic, qos=1)
                         self.ready.set()
+                    # Acknowledgements of this connection only: after a reconnect the
+                    # broker redelivers what was not acknowledged.
+                    acks: asyncio.Queue[tuple[int, int, int]] = asyncio.Queue(ACK_QUEUE_SIZE)
                     async with asyncio.TaskGroup() as tasks:
+                        acker = tasks.create_task(self._acker(client, acks), name="emon-mqtt-acker")
                         if not self._stopping:
                             self._reader_task = tasks.create_task(
-                                self._read(client), name="emon-mqtt-reader"
+                                self._read(client, acks), name="emon-mqtt-reader"
                             )
                         await self._publish(client)
+                        await acks.put(_STOP)
+                        await acker
                     return
             except* aiomqtt.MqttError as group:
                 failed = group.exceptions[0] if group.exceptions else None
@@ -272,14 +298,19 @@ class Daemon:
             await asyncio.sleep(_jittered(delay))
             delay = min(delay * 2, mqtt.reconnect_max_seconds)
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _read(
+        self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, int]]
+    ) -> None:
         try:
             async for message in client.messages:
                 self._reader_busy = True
                 try:
-                    await self._handle(message)
+                    target = await self._handle(message)
                     if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)
+                        if self._ack_durable:
+                            await acks.put((target, message.mid, message.qos))
+                        else:
+                            client._client.ack(message.mid, message.qos)
                 finally:
                     self._reader_busy = False
                 if self._stopping and len(client.messages) == 0:
@@ -291,7 +322,37 @@ class Daemon:
             if self._stopping:
                 self._reader_done.set()
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def _acker(
+        self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, int]]
+    ) -> None:
+        """Acknowledge messages in order, each once the rows it carried are durable
+        (committed, or in the journal): a daemon killed at any moment loses nothing."""
+        writer = self._writer
+        assert writer is not None
+        while True:
+            metrics.QUEUE_DEPTH.labels("acks").set(acks.qsize())
+            item = await acks.get()
+            if item is _STOP:
+                return
+            target, mid, qos = item
+            try:
+                if self._stopping:
+                    # Shutdown: what is not durable in time is redelivered next start.
+                    async with asyncio.timeout(STAGE_INGEST_TIMEOUT_SECONDS):
+                        await writer.wait_durable(target)
+                else:
+                    await writer.wait_durable(target)
+            except (TimeoutError, StoreError) as exc:
+                _LOGGER.warning(
+                    "leaving %d message(s) unacknowledged for redelivery: %s",
+                    acks.qsize() + 1, exc or type(exc).__name__,
+                )
+                return
+            client._client.ack(mid, qos)
+
+    async def _handle(self, message: aiomqtt.Message) -> int:
+        """Decide on one message and hand its rows to the writer; returns the writer's
+        durability target for the message (everything put so far)."""
         received_at = datetime.now(UTC)
         topic = message.topic.value
         raw = message.payload
@@ -309,16 +370,26 @@ class Daemon:
                     json.dumps(body, ensure_ascii=False).encode(), qos=0,
                 )
             )
-            return
+            assert self._writer is not None
+            return self._writer.seq
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
         metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        await self._writer.put(observation, outcome.subject_id)
+        target = await self._writer.put(observation, outcome.subject_id)
+        target = await self._store_zone_transitions(outcome) or target
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
+        return target
+
+    async def _store_zone_transitions(self, outcome: Outcome) -> int | None:
+        assert self._writer is not None
+        target: int | None = None
+        for transition in outcome.zone_transitions:
+            target = await self._writer.put(transition, transition.subject_id)
+        return target
 
     def _enqueue_nowait(self, message: OutboundMessage) -> None:
         try:
@@ -396,9 +467,25 @@ class Daemon:
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
 
+    async def _maintenance_job(self, *, set_policies: bool = False) -> None:
+        """Partitions ahead, retention, rollups (daemon/store/maintenance.py)."""
+        if self._pool is None or self._store_info is None:
+            return
+        try:
+            await maintain(
+                self._pool, self._settings, self._pipeline.config,
+                timescale=self._store_info.timescale, now=datetime.now(UTC),
+                set_policies=set_policies,
+            )
+        except Exception:
+            # A failed run is retried at the next interval; ingest is not affected.
+            _LOGGER.exception("store maintenance failed")
+
     async def _tick_job(self) -> None:
         try:
-            transitions = self._pipeline.tick(datetime.now(UTC))
+            outcome = self._pipeline.tick_outcome(datetime.now(UTC))
+            await self._store_zone_transitions(outcome)
+            transitions = outcome.transitions
             if transitions:
                 await self._dispatch(transitions)
             self._export_engine_stats()

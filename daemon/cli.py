@@ -144,9 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)
 
+    from daemon.reports import add_parsers as add_store_parsers
     from simulators.cli import add_parser as add_sim_parser
 
     add_sim_parser(sub)
+    add_store_parsers(sub, db_sub)
     return parser
 
 

@@ -30,6 +30,7 @@ from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from alerts.model import RuleId, Tier
+from daemon.store.settings import RetentionSettings, StoreSettings
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
     DEFAULT_DWELL_SECONDS,
@@ -132,6 +133,8 @@ class Settings(_Strict):
     tick_interval_seconds: float = Field(
         15.0, ge=1.0, le=300.0, title="How often time-driven rules are re-evaluated"
     )
+    store: StoreSettings = StoreSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 # ---------------------------------------------------------------------- subjects.yaml

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
+from daemon.transitions import ZoneTransition, presence_changes, rule_changes, snapshot
 from daemon.wire import RejectReason, WireError, decode
 from geofence.config import CoreConfig
 from geofence.engine import Engine
@@ -25,6 +26,8 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     rejection: WireError | None = None
+    # Confirmed zone presence changes and zone-rule findings, as rows for zone_transitions.
+    zone_transitions: list[ZoneTransition] = field(default_factory=list)
 
 
 class Pipeline:
@@ -56,9 +59,29 @@ class Pipeline:
         except WireError as error:
             self.rejections[error.reason] += 1
             return Outcome(rejection=error)
+        state = self.engine.device_state(observation.device_id)
+        before = snapshot(state.memberships if state is not None else None)
         findings = self.engine.observe(observation, received_at)
         transitions = [t for f in findings for t in self.book.apply(f)]
-        return Outcome(observation, spec.subject_id, findings, transitions)
+        state = self.engine.device_state(observation.device_id)
+        subject = self._config.subjects.get(spec.subject_id)
+        zone_transitions = presence_changes(
+            observation.device_id, subject, before,
+            snapshot(state.memberships if state is not None else None), received_at,
+        ) + rule_changes(findings, self._config.subjects, received_at)
+        return Outcome(
+            observation, spec.subject_id, findings, transitions,
+            zone_transitions=zone_transitions,
+        )
 
     def tick(self, now: datetime) -> list[AlertTransition]:
-        return [t for f in self.engine.tick(now) for t in self.book.apply(f)]
+        return self.tick_outcome(now).transitions
+
+    def tick_outcome(self, now: datetime) -> Outcome:
+        """`tick` with its findings and zone transitions (what the daemon stores)."""
+        findings = self.engine.tick(now)
+        transitions = [t for f in findings for t in self.book.apply(f)]
+        return Outcome(
+            findings=findings, transitions=transitions,
+            zone_transitions=rule_changes(findings, self._config.subjects, now),
+        )
