@@ -369,6 +369,7 @@ class Journal:
     def _append_sync(self, frames: Sequence[bytes], rows: int) -> Position:
         data = b"".join(frames)
         with self._lock:
+            self._release_replayed_active()
             if self.size_bytes + len(data) > self._max_bytes:
                 _JOURNAL_ERRORS.labels(error="full").inc()
                 raise JournalFullError(
@@ -401,6 +402,17 @@ class Journal:
             segment.rows += rows
         _JOURNAL_APPENDED.inc(rows)
         return Position(segment.number, segment.size)
+
+    def _release_replayed_active(self) -> None:
+        """A segment still open for appends whose every frame was replayed is deleted, so
+        its space counts no more (on a full disk or journal, that lets appends resume)."""
+        active = self._segments[-1] if self._segments else None
+        if (
+            active is not None
+            and active.size > 0
+            and self._head >= Position(active.number, active.size)
+        ):
+            self._delete_consumed(keep_active=False)
 
     def _active_segment(self, incoming: int) -> _Segment:
         """The segment to append to, starting a new one when the current one is full."""

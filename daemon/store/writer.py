@@ -435,10 +435,18 @@ class _Watermark:
             self.value = self._done.pop(self.value)
 
 
-def _days(rows: Sequence[_Row], table: int) -> tuple[date, date] | None:
+def _day_runs(rows: Sequence[_Row], table: int) -> list[tuple[date, date]]:
+    """The UTC days of a table's rows, as runs of consecutive days (first, last): only
+    the days that hold rows, never the years between a very late ping and today."""
     index = _TABLES[table].ts_index
-    days = [v[index].astimezone(UTC).date() for _, t, v in rows if t == table]
-    return (min(days), max(days)) if days else None
+    days = sorted({v[index].astimezone(UTC).date() for _, t, v in rows if t == table})
+    runs: list[tuple[date, date]] = []
+    for day in days:
+        if runs and (day - runs[-1][1]).days == 1:
+            runs[-1] = (runs[-1][0], day)
+        else:
+            runs.append((day, day))
+    return runs
 
 
 class PingWriter:
@@ -1087,12 +1095,10 @@ class PingWriter:
                 self._pool.connection(timeout=self._batch_timeout) as conn,
             ):
                 for table, spec in enumerate(_TABLES):
-                    span = _days(rows, table)
-                    if span is None:
-                        continue
-                    cur = await conn.execute(_ENSURE_PARTITIONS, [spec.name, *span])
-                    row = await cur.fetchone()
-                    created += int(row[0]) if row is not None and row[0] is not None else 0
+                    for first, last in _day_runs(rows, table):
+                        cur = await conn.execute(_ENSURE_PARTITIONS, [spec.name, first, last])
+                        row = await cur.fetchone()
+                        created += int(row[0]) if row is not None and row[0] is not None else 0
         except psycopg.errors.UndefinedFunction:
             return False  # TimescaleDB layout: a real check violation
         if created:
