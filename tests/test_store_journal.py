@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import REGISTRY
 from psycopg import AsyncConnection
 
-from daemon.store import PingWriter, migrate, open_pool
+from daemon.store import PingWriter, Pool, migrate, open_pool
 from daemon.store.journal import Journal
 from daemon.transitions import TransitionState, ZoneRole, ZoneTransition
 from geofence.observation import FixSource, LocationFix
@@ -28,7 +28,20 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 EVENTUALLY_SECONDS = 20.0
 POLL_SECONDS = 0.02
 # Short timeouts: an outage is noticed in well under a second.
-FAST = {"batch_timeout_seconds": 0.5, "retry_initial_seconds": 0.05, "retry_max_seconds": 0.2}
+BATCH_TIMEOUT_SECONDS = 0.5
+RETRY_INITIAL_SECONDS = 0.05
+RETRY_MAX_SECONDS = 0.2
+
+
+def fast_writer(pool: Pool, journal: Journal | None = None, **options: Any) -> PingWriter:
+    return PingWriter(
+        pool,
+        journal=journal,
+        batch_timeout_seconds=BATCH_TIMEOUT_SECONDS,
+        retry_initial_seconds=RETRY_INITIAL_SECONDS,
+        retry_max_seconds=RETRY_MAX_SECONDS,
+        **options,
+    )
 
 
 def fix(device: str, i: int) -> LocationFix:
@@ -82,7 +95,7 @@ async def test_an_outage_goes_to_the_journal_and_every_row_comes_back_once_in_or
     async with (
         open_pool(dsn, min_size=1) as pool,
         Journal(tmp_path / "journal") as journal,
-        PingWriter(pool, journal=journal, flush_rows=50, **FAST) as writer,
+        fast_writer(pool, journal, flush_rows=50) as writer,
     ):
         for i in range(200):
             await writer.put(fix("dev-o", i), "subject-o")
@@ -131,7 +144,7 @@ async def test_rows_kept_in_the_journal_at_shutdown_are_written_by_the_next_star
             started = loop.time()
             async with (
                 Journal(tmp_path / "journal") as journal,
-                PingWriter(pool, journal=journal, close_drain_timeout_seconds=5.0, **FAST) as w,
+                fast_writer(pool, journal, close_drain_timeout_seconds=5.0) as w,
             ):
                 for i in range(300):
                     await w.put(fix("dev-s", i), "subject-s")
@@ -144,7 +157,7 @@ async def test_rows_kept_in_the_journal_at_shutdown_are_written_by_the_next_star
         # The next start replays the journal before anything new.
         async with (
             Journal(tmp_path / "journal") as journal,
-            PingWriter(pool, journal=journal, **FAST) as writer,
+            fast_writer(pool, journal) as writer,
         ):
             assert writer.journalling
             for i in range(300, 350):
@@ -198,20 +211,20 @@ async def test_a_journal_that_cannot_grow_makes_put_wait_and_loses_nothing(
     if limit == "disk_full":
         context = tiny_filesystem(tmp_path, size="192k")
         directory = context.__enter__() / "journal"
-        options = {"max_bytes": 10**9, "segment_bytes": 10**8}
+        max_bytes, segment_bytes = 10**9, 10**8
         error = "ENOSPC"
     else:
         context = None
         directory = tmp_path / "journal"
-        options = {"max_bytes": 150_000, "segment_bytes": 150_000}
+        max_bytes, segment_bytes = 150_000, 150_000
         error = "full"
     errors_before = metric("emon_store_journal_write_errors_total", error=error)
     waits_before = metric("emon_store_put_waits_total")
     try:
         async with (
             open_pool(dsn, min_size=1) as pool,
-            Journal(directory, **options) as journal,
-            PingWriter(pool, journal=journal, flush_rows=100, buffer_rows=1_000, **FAST) as w,
+            Journal(directory, max_bytes=max_bytes, segment_bytes=segment_bytes) as journal,
+            fast_writer(pool, journal, flush_rows=100, buffer_rows=1_000) as w,
         ):
             async with database_down(dsn):
                 put = 0
@@ -275,7 +288,7 @@ async def test_zone_transitions_are_stored_once(migrated: str, tmp_path: Path) -
     async with (
         open_pool(dsn, min_size=1) as pool,
         Journal(tmp_path / "journal") as journal,
-        PingWriter(pool, journal=journal, flush_rows=10, **FAST) as writer,
+        fast_writer(pool, journal, flush_rows=10) as writer,
     ):
         for t in transitions:
             await writer.put(t, t.subject_id)
