@@ -3,6 +3,7 @@ against a real PostgreSQL server, with figures worked out by hand."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ from daemon.configfiles import load_config
 from daemon.reports import compliance, format_compliance, track_geojson
 from daemon.storage import maintain
 from daemon.store import migrate, open_pool, rollup
-from daemon.store.maintenance import MAINTENANCE_LOCK_KEY
+from daemon.store.maintenance import MAINTENANCE_LOCK_KEY, run_maintenance
 from daemon.store.settings import RetentionSettings, StoreSettings
 from daemon.track import TrackPoint, detect_stops, distance_m
 from tests.storekit import execute, rows, scalar
@@ -127,12 +128,8 @@ async def test_hourly_figures(evening: str) -> None:
         # Silent, and still away (no transition since): up to now, the whole hour.
         (utc(4), 0, 60 * 60, 60 * 60, 0),
     ]
-
-
-async def test_the_current_bucket_counts_up_to_now_and_future_ones_have_no_gap(
-    evening: str,
-) -> None:
-    async with await AsyncConnection.connect(evening, autocommit=True) as conn:
+    # The current bucket counts up to now; one that has not begun has no gap.
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
         now = utc(3, 40)
         got = await rollup.compute(conn, rollup.hourly_buckets([SUBJECT], utc(3), utc(5)), now)
     assert [(r["pings"], r["largest_gap_s"], r["away_in_curfew_s"]) for r in got] == [
@@ -165,7 +162,7 @@ async def test_compliance_report_reads_rollups_and_computes_what_is_missing(
 
     # Stored by the maintenance-side refresh, the same figures come from the rollup.
     async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
-        subjects = {s: SHANGHAI for s in ("s001", "s002", "s003")}
+        subjects = dict.fromkeys(("s001", "s002", "s003"), SHANGHAI)
         await rollup.store_daily(conn, rollup.daily_buckets(subjects, [DAY]), NOW)
     again = await compliance(dsn, loaded, DAY, now=NOW)
     assert [r["source"] for r in again] == ["rollup"] * 3
@@ -177,9 +174,7 @@ async def test_compliance_report_reads_rollups_and_computes_what_is_missing(
     assert "s001" in text
     assert "785.0 min" in text
 
-
-async def test_compliance_counts_alerts_opened_in_the_local_day(evening: str) -> None:
-    dsn = evening
+    # Alerts opened in each subject's local day.
     for subject, opened in (("s001", utc(15, 59)), ("s001", utc(16, 0)), ("s002", utc(2))):
         await execute(
             dsn,
@@ -188,7 +183,6 @@ async def test_compliance_counts_alerts_opened_in_the_local_day(evening: str) ->
             " (%s, %s, 'tag', 'curfew_away', 'high', 'open', %s, %s, 1, true, '{}', '{}')",
             [uuid.uuid4(), subject, opened, opened],
         )
-    loaded = load_config(REPO / "config", env={"EMON_DATABASE_URL": dsn})
     got = {r["subject_id"]: r["alerts_opened"] for r in await compliance(dsn, loaded, DAY, now=NOW)}
     # 16:00Z is already the next local day.
     assert got == {"s001": {"high": 1}, "s002": {"high": 1}, "s003": {}}
@@ -277,7 +271,7 @@ def test_stops_are_ordered_disjoint_and_compact(raw: list[tuple[int, float, floa
         # Every fix joined within 50 m of the centre of its time; the centre drifts, so
         # the final bound is loose but finite.
         assert stop.radius_m <= 100.0
-    for a, b in zip(stops, stops[1:], strict=False):
+    for a, b in itertools.pairwise(stops):
         assert a.end < b.start
 
 
@@ -313,7 +307,8 @@ async def test_maintenance_prepares_days_and_applies_retention(migrated: str) ->
         )
         await execute(
             dsn,
-            "INSERT INTO alert_history (alert_id, at, kind, payload) VALUES (%s, %s, 'opened', '{}')",
+            "INSERT INTO alert_history (alert_id, at, kind, payload)"
+            " VALUES (%s, %s, 'opened', '{}')",
             [alert_id, now - timedelta(days=900)],
         )
     loaded = load_config(REPO / "config", env={"EMON_DATABASE_URL": dsn})
@@ -321,6 +316,15 @@ async def test_maintenance_prepares_days_and_applies_retention(migrated: str) ->
         report = await maintain(pool, loaded.settings, loaded.core, timescale=not plain, now=now)
     assert report.failed_steps == []
     assert report.alerts_deleted == 1
+    # A second run while another process holds the maintenance lock skips.
+    async with await AsyncConnection.connect(dsn, autocommit=True) as holder:
+        await holder.execute("SELECT pg_advisory_lock(%s)", [MAINTENANCE_LOCK_KEY])
+        async with open_pool(dsn, min_size=1, max_size=1) as pool:
+            skipped = await run_maintenance(
+                pool, timescale=not plain, store=StoreSettings(), retention=RetentionSettings(),
+                subjects={}, now=now,
+            )  # fmt: skip
+        assert skipped.skipped
     assert await scalar(dsn, "SELECT count(*) FROM alerts") == 2
     assert await scalar(dsn, "SELECT count(*) FROM alert_history") == 2
     if not plain:
@@ -340,20 +344,6 @@ async def test_maintenance_prepares_days_and_applies_retention(migrated: str) ->
     # Yesterday through a week ahead exist for every table.
     for offset in range(-1, 8):
         assert f"zone_transitions_p{(today + timedelta(days=offset)):%Y%m%d}" in names
-
-
-async def test_maintenance_runs_once_at_a_time(migrated: str) -> None:
-    dsn = migrated
-    async with await AsyncConnection.connect(dsn, autocommit=True) as holder:
-        await holder.execute("SELECT pg_advisory_lock(%s)", [MAINTENANCE_LOCK_KEY])
-        async with open_pool(dsn, min_size=1, max_size=1) as pool:
-            from daemon.store.maintenance import run_maintenance
-
-            report = await run_maintenance(
-                pool, timescale=False, store=StoreSettings(), retention=RetentionSettings(),
-                subjects={}, now=NOW,
-            )  # fmt: skip
-    assert report.skipped
 
 
 def test_retention_settings_refuse_dropping_before_compressing() -> None:
