@@ -294,6 +294,9 @@ _TABLES: Final = (
     ),
 )
 _TABLE_INDEX: Final = {spec.name: i for i, spec in enumerate(_TABLES)}
+# Per table: positions of timestamptz values, and column names (journal codec, per row).
+_TIME_INDEXES: Final = tuple(spec.time_indexes for spec in _TABLES)
+_COLUMN_NAMES: Final = tuple(spec.column_names for spec in _TABLES)
 _INSERT_REJECT: Final = (
     "INSERT INTO store_rejects (table_name, error, row_text) VALUES (%s, %s, %s)"
     " ON CONFLICT (table_name, row_md5) DO NOTHING"
@@ -373,12 +376,12 @@ def _journal_frames(rows: Iterable[_Row]) -> tuple[list[bytes], int]:
     count = 0
     for _, table, values in rows:
         row = list(values)
-        for i in _TABLES[table].time_indexes:
+        for i in _TIME_INDEXES[table]:
             row[i] = row[i].isoformat()
         by_table.setdefault(table, []).append(row)
         count += 1
     frames = [
-        encode_frame(_TABLES[t].name, _TABLES[t].column_names, table_rows)
+        encode_frame(_TABLES[t].name, _COLUMN_NAMES[t], table_rows)
         for t, table_rows in sorted(by_table.items())
     ]
     return frames, count
