@@ -158,9 +158,7 @@ async def run_journal(
     ):
         started = time.perf_counter()
         async with PingWriter(pool, journal=journal) as writer:
-            while not journal.empty:
-                await asyncio.sleep(0.001)
-            assert writer.journalling or journal.empty
+            await writer.wait_journal_replayed()
         replayed = time.perf_counter() - started
     return appended, replayed
 
@@ -250,7 +248,8 @@ async def main() -> int:
                 stored = await count_rows(dsn, TABLES[name])
                 assert stored == args.rows, f"{name}: {stored} rows stored"
                 results[name].append(elapsed)
-                print(f"  round {round_no} {LABELS[name]:>22}: {args.rows / elapsed:>10,.0f} rows/s")
+                rate = args.rows / elapsed
+                print(f"  round {round_no} {LABELS[name]:>22}: {rate:>10,.0f} rows/s")
 
         best = {name: args.rows / min(times) for name, times in results.items()}
         for name in TABLES:

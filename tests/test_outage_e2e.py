@@ -60,15 +60,24 @@ def private_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
         server.stop()
 
 
-def daemon_config(tmp_path: Path) -> Path:
+def daemon_config(tmp_path: Path, client_id: str) -> Path:
     """The repo's config with a client id of this test's own."""
     directory = tmp_path / "config"
     shutil.copytree(REPO / "config", directory)
     settings_path = directory / "settings.yaml"
     settings = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
-    settings["mqtt"]["client_id"] = f"emon-outage-{uuid.uuid4().hex[:8]}"
+    settings["mqtt"]["client_id"] = client_id
     settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
     return directory
+
+
+async def end_session(broker: MosquittoProcess, client_id: str) -> None:
+    """Discard the daemon's persistent session: left behind, the shared broker would queue
+    (and save to disk every second) every device message of the later tests for it."""
+    async with aiomqtt.Client(
+        broker.host, broker.port, identifier=client_id, clean_session=True
+    ):
+        pass
 
 
 class DaemonProcess:
@@ -145,11 +154,13 @@ async def daemon(
         EMON_HTTP_PORT=str(find_free_port()),
         EMON_JOURNAL_DIR=str(tmp_path / "journal"),
     )
-    process = DaemonProcess(daemon_config(tmp_path), env, tmp_path / "daemon.log")
+    client_id = f"emon-outage-{uuid.uuid4().hex[:8]}"
+    process = DaemonProcess(daemon_config(tmp_path, client_id), env, tmp_path / "daemon.log")
     try:
         yield process
     finally:
         process.cleanup()
+        await end_session(mosquitto, client_id)
         sys.stderr.write(process.log_path.read_text(errors="replace")[-6000:])
 
 

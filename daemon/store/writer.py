@@ -196,10 +196,10 @@ _CONFLICT_ERRORS: Final = (
 
 _PING_TYPES: Final = [
     "text", "text", "timestamptz", "timestamptz", "float8", "float8", "float4", "text",
-    "float4", "jsonb",
+    "float4", "jsonb", "text",
 ]  # fmt: skip
 
-# Plain layout: creates the day partitions of a table for a range of days (migration 0003).
+# Plain layout: creates the day partitions of a table for a range of days (migration 0005).
 _ENSURE_PARTITIONS: Final = "SELECT emon_ensure_day_partitions(%s::regclass, %s::date, %s::date)"
 
 
@@ -254,41 +254,49 @@ class _Table:
         )
 
 
+# config_version: the config the core evaluated the row against (migration 0004).
 _TABLES: Final = (
     _Table(
         name="pings",
-        columns="device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra",
+        columns=(
+            "device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra,"
+            " config_version"
+        ),
         types=_PING_TYPES,
         key="device_id, ts",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", ts timestamptz,'
             " received_at timestamptz, lat float8, lon float8, acc_m float4, src text,"
-            " battery_pct float4, extra jsonb"
+            " battery_pct float4, extra jsonb, config_version text"
         ),
         ts_index=2,
     ),
     _Table(
         name="device_events",
-        columns="device_id, subject_id, ts, received_at, type, attributes",
-        types=["text", "text", "timestamptz", "timestamptz", "text", "jsonb"],
+        columns="device_id, subject_id, ts, received_at, type, attributes, config_version",
+        types=["text", "text", "timestamptz", "timestamptz", "text", "jsonb", "text"],
         key="device_id, ts, type",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", ts timestamptz,'
-            " received_at timestamptz, type text, attributes jsonb"
+            " received_at timestamptz, type text, attributes jsonb, config_version text"
         ),
         ts_index=2,
     ),
     _Table(
         name="zone_transitions",
-        columns="device_id, subject_id, zone_id, kind, state, ts, received_at, role, previous",
+        columns=(
+            "device_id, subject_id, zone_id, kind, state, ts, received_at, role, previous,"
+            " config_version"
+        ),
         types=[
             "text", "text", "text", "text", "text", "timestamptz", "timestamptz", "text", "text",
+            "text",
         ],
         key="device_id, zone_id, kind, ts",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", zone_id text COLLATE "C",'
             " kind text, state text, ts timestamptz, received_at timestamptz, role text,"
-            " previous text"
+            " previous text, config_version text"
         ),
         ts_index=5,
     ),
@@ -338,7 +346,9 @@ def _naive(obs: Storable) -> InvalidRowError:
     )
 
 
-def encode(obs: Storable, subject_id: str) -> tuple[int, tuple[Any, ...]]:
+def encode(
+    obs: Storable, subject_id: str, config_version: str | None = None
+) -> tuple[int, tuple[Any, ...]]:
     """(table index, column values) for one row; InvalidRowError if unstorable.
 
     On the hot path (every ping): values are atoms only (str, float, datetime,
@@ -351,18 +361,19 @@ def encode(obs: Storable, subject_id: str) -> tuple[int, tuple[Any, ...]]:
         extra = _dump_json(obs.extra, "extra") if obs.extra else None
         return _PINGS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.lat, obs.lon,
-            obs.accuracy_m, obs.source._value_, obs.battery_pct, extra,
+            obs.accuracy_m, obs.source._value_, obs.battery_pct, extra, config_version,
         )  # fmt: skip
     if isinstance(obs, DeviceEvent):
         attributes = _dump_json(obs.attributes, "attributes")
         return _EVENTS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.type._value_, attributes,
+            config_version,
         )  # fmt: skip
     if isinstance(obs, ZoneTransition):
         previous = obs.previous._value_ if obs.previous is not None else None
         return _ZONES, (
             obs.device_id, obs.subject_id, obs.zone_id, obs.kind, obs.state._value_, obs.ts,
-            obs.received_at, obs.role._value_, previous,
+            obs.received_at, obs.role._value_, previous, config_version,
         )  # fmt: skip
     raise InvalidRowError(f"cannot store a {type(obs).__name__}")
 
@@ -698,10 +709,12 @@ class PingWriter:
 
     # -- producers ---------------------------------------------------------------
 
-    async def put(self, obs: Storable, subject_id: str) -> int:
+    async def put(
+        self, obs: Storable, subject_id: str, config_version: str | None = None
+    ) -> int:
         """Buffer one row, waiting for room if the buffer is full; returns its target
-        for `wait_durable`."""
-        table, values = encode(obs, subject_id)
+        for `wait_durable`. `config_version`: the config the core decided it against."""
+        table, values = encode(obs, subject_id, config_version)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
         if len(self._rows) >= self._capacity:
@@ -718,9 +731,11 @@ class PingWriter:
             if not self._accepting:
                 raise StoreClosedError("ping writer stopped while put was waiting")
 
-    def try_put(self, obs: Storable, subject_id: str) -> bool:
+    def try_put(
+        self, obs: Storable, subject_id: str, config_version: str | None = None
+    ) -> bool:
         """Buffer one row if there is room; False (and counted) if full."""
-        table, values = encode(obs, subject_id)
+        table, values = encode(obs, subject_id, config_version)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
         if len(self._rows) >= self._capacity:
@@ -760,6 +775,14 @@ class PingWriter:
         if self._durable.value >= target:
             return
         await self._wait(self._durable, target, "durability wait")
+
+    async def wait_journal_replayed(self) -> None:
+        """Return once the journal (including rows of an earlier run) is written back."""
+        while self._journal is not None and not self._journal.empty:
+            if self._task is None or self._task.done():
+                raise StoreClosedError("ping writer stopped before the journal was replayed")
+            self._progress.clear()
+            await self._progress.wait()
 
     async def _wait(self, mark: _Watermark, target: int, what: str) -> None:
         while mark.value < target:

@@ -1,11 +1,11 @@
--- 0003 (TimescaleDB): zone transitions as a hypertable, per-subject rollups, and
+-- 0005 (TimescaleDB): zone transitions as a hypertable, per-subject rollups, and
 -- continuous aggregates of pings per subject per hour and per day.
 --
 -- Chunks replace the plain layout's day partitions (created by TimescaleDB on insert);
 -- retention and compression policies are set by the daemon at start-up from
 -- settings.yaml (retention:), because their intervals are operator settings.
 
--- See 0003_history.plain.sql for the meaning of the columns.
+-- See 0005_history.plain.sql for the meaning of the columns.
 CREATE TABLE zone_transitions (
     device_id   text COLLATE "C" NOT NULL,
     subject_id  text COLLATE "C" NOT NULL,
@@ -16,6 +16,7 @@ CREATE TABLE zone_transitions (
     received_at timestamptz NOT NULL,
     role        text        NOT NULL,
     previous    text,
+    config_version text,  -- the config the core decided it against (see 0004)
     CONSTRAINT zone_transitions_key UNIQUE (device_id, zone_id, kind, ts)
 );
 CREATE INDEX zone_transitions_subject_ts_idx ON zone_transitions (subject_id, ts);

@@ -1,4 +1,4 @@
--- 0003 (plain PostgreSQL): day partitions, zone transitions, per-subject rollups.
+-- 0005 (plain PostgreSQL): day partitions, zone transitions, per-subject rollups.
 --
 -- pings, device_events and zone_transitions are range-partitioned by day (UTC days,
 -- named <table>_pYYYYMMDD). Retention drops whole partitions (no bulk DELETE, no
@@ -124,6 +124,7 @@ CREATE TABLE zone_transitions (
     received_at timestamptz NOT NULL,
     role        text        NOT NULL,
     previous    text,
+    config_version text,  -- the config the core decided it against (see 0004)
     CONSTRAINT zone_transitions_key UNIQUE (device_id, zone_id, kind, ts)
 ) PARTITION BY RANGE (ts);
 CREATE INDEX zone_transitions_ts_brin ON zone_transitions USING brin (ts);
