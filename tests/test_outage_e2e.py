@@ -7,9 +7,9 @@ real Mosquitto, and a PostgreSQL server of the test's own that is stopped and st
 * kill -9 during an outage: messages are acknowledged only once their rows are in the
   journal, so a restarted daemon replays the journal and nothing is lost or doubled.
 
-The server is private (not the session's shared one) so that stopping it cannot disturb
-other tests; each daemon has its own MQTT client id, so no persistent session (with
-messages a killed daemon never acknowledged) leaks into another test.
+The PostgreSQL server and the broker are private (not the session's shared ones): stopping
+the server cannot disturb other tests, and the device messages published here cannot
+queue up in other tests' persistent MQTT sessions.
 """
 
 from __future__ import annotations
@@ -51,6 +51,19 @@ CATCH_UP_TIMEOUT_SECONDS = 120.0
 
 
 @pytest.fixture
+def private_mosquitto(tmp_path: Path) -> Iterator[MosquittoProcess]:
+    """A broker of this test's own: the device messages published here must not queue up
+    in other tests' persistent sessions on the shared broker (they would be delivered to
+    the next daemon that uses that client id, ahead of its own test's messages)."""
+    broker = MosquittoProcess(tmp_path / "mosquitto")
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
 def private_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
     server = PostgresProcess(tmp_path / "pg")
     server.start()
@@ -69,15 +82,6 @@ def daemon_config(tmp_path: Path, client_id: str) -> Path:
     settings["mqtt"]["client_id"] = client_id
     settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
     return directory
-
-
-async def end_session(broker: MosquittoProcess, client_id: str) -> None:
-    """Discard the daemon's persistent session: left behind, the shared broker would queue
-    (and save to disk every second) every device message of the later tests for it."""
-    async with aiomqtt.Client(
-        broker.host, broker.port, identifier=client_id, clean_session=True
-    ):
-        pass
 
 
 class DaemonProcess:
@@ -144,8 +148,9 @@ class DaemonProcess:
 
 @pytest.fixture
 async def daemon(
-    mosquitto: MosquittoProcess, private_postgres: PostgresProcess, tmp_path: Path
+    private_mosquitto: MosquittoProcess, private_postgres: PostgresProcess, tmp_path: Path
 ) -> AsyncIterator[DaemonProcess]:
+    mosquitto = private_mosquitto
     env = dict(os.environ)
     env.update(
         EMON_MQTT_HOST=mosquitto.host,
@@ -160,7 +165,6 @@ async def daemon(
         yield process
     finally:
         process.cleanup()
-        await end_session(mosquitto, client_id)
         sys.stderr.write(process.log_path.read_text(errors="replace")[-6000:])
 
 
@@ -173,8 +177,9 @@ async def count(dsn: str, query: str) -> tuple[Any, ...]:
 
 
 async def test_a_32_second_database_outage_loses_nothing_and_alerting_goes_on(
-    daemon: DaemonProcess, mosquitto: MosquittoProcess, private_postgres: PostgresProcess
+    daemon: DaemonProcess, private_mosquitto: MosquittoProcess, private_postgres: PostgresProcess
 ) -> None:
+    mosquitto = private_mosquitto
     daemon.start()
     await daemon.wait_healthy()
     messages = scripted_day(DAY)
@@ -258,8 +263,9 @@ async def test_a_32_second_database_outage_loses_nothing_and_alerting_goes_on(
 
 
 async def test_kill_9_during_an_outage_loses_nothing(
-    daemon: DaemonProcess, mosquitto: MosquittoProcess, private_postgres: PostgresProcess
+    daemon: DaemonProcess, private_mosquitto: MosquittoProcess, private_postgres: PostgresProcess
 ) -> None:
+    mosquitto = private_mosquitto
     daemon.start()
     await daemon.wait_healthy()
     messages = [m for m in scripted_day(DAY) if m.topic.endswith("/location")][:900]
