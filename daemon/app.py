@@ -153,6 +153,7 @@ class Daemon:
         self._writer: PingWriter | None = None
         self._pool: Pool | None = None
         self._store_info: StoreInfo | None = None
+        self._policies_set = False
         self._ack_durable = self._settings.store.ack is AckPolicy.DURABLE
         self._mqtt_connected = False
         self._exported_engine_stats: Counter[str] = Counter()
@@ -222,7 +223,6 @@ class Daemon:
             self._writer = await stack.enter_async_context(
                 PingWriter(pool, journal=journal, **writer_options(self._settings))
             )
-            await self._maintenance_job(set_policies=True)
             alerting = await stack.enter_async_context(
                 AlertingService(
                     self._loaded, self._pipeline, pool,
@@ -248,10 +248,13 @@ class Daemon:
                 self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
                 id="emon-tick", max_instances=1, coalesce=True,
             )
+            # First run at once (in the background: ingest does not wait for rollups);
+            # today's partitions already exist from the migration.
             scheduler.add_job(
                 self._maintenance_job, "interval",
                 minutes=self._settings.store.maintenance_interval_minutes,
                 id="emon-store-maintenance", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC),
             )
             alerting.schedule(scheduler)
             scheduler.start()
@@ -606,17 +609,21 @@ class Daemon:
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
 
-    async def _maintenance_job(self, *, set_policies: bool = False) -> None:
-        """Partitions ahead, retention, rollups (daemon/store/maintenance.py)."""
+    async def _maintenance_job(self) -> None:
+        """Partitions ahead, retention, rollups (daemon/store/maintenance.py); the first
+        run also sets the TimescaleDB policies from the settings."""
         if self._pool is None or self._store_info is None:
             return
         try:
             # Retention and rollup settings apply at once after a reload (the journal
             # and buffer settings of `store` need a restart).
-            await maintain(
+            report = await maintain(
                 self._pool, self._loaded.settings, self._pipeline.config,
                 timescale=self._store_info.timescale, now=datetime.now(UTC),
-                set_policies=set_policies,
+                set_policies=not self._policies_set,
+            )
+            self._policies_set = self._policies_set or (
+                not report.skipped and "policies" not in report.failed_steps
             )
         except Exception:
             # A failed run is retried at the next interval; ingest is not affected.

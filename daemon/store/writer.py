@@ -1129,7 +1129,7 @@ class PingWriter:
             return False  # TimescaleDB layout: a real check violation
         if created:
             _PARTITIONS_CREATED.inc(created)
-            _LOGGER.warning("created %s day partition(s) on demand for late or early rows", created)
+            _LOGGER.info("created %s day partition(s) on demand for late or early rows", created)
         return True
 
     async def _write(self, rows: Sequence[_Row]) -> None:
