@@ -211,7 +211,9 @@ async def test_timescale_layout_makes_hypertables(pg_dsn: str) -> None:
             "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
             " ORDER BY hypertable_name"
         )
-        assert await cur.fetchall() == [("device_events", True), ("pings", True)]
+        assert await cur.fetchall() == [
+            ("device_events", True), ("pings", True), ("zone_transitions", True)
+        ]
 
 
 # --------------------------------------------------------------------------- writer
@@ -304,7 +306,11 @@ async def test_concurrent_batches_with_the_same_keys_store_each_row_once(
     assert await count(dsn, "pings") == 2000
     assert await scalar(dsn, "SELECT count(DISTINCT (device_id, ts)) FROM pings") == 2000
     deadlocks = metric("emon_store_write_errors_total", error="DeadlockDetected")
-    assert deadlocks - conflicts_before >= 1
+    # On TimescaleDB the two batches serialise on the creation of the chunk they both
+    # need (measured with 2.28.3), so the deadlock this provokes on plain tables does not
+    # happen there; the rows are stored once either way.
+    if not (await migrate(dsn)).timescale:
+        assert deadlocks - conflicts_before >= 1
     assert "cannot write to the database" not in caplog.text  # not an outage
 
 
