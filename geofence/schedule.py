@@ -15,6 +15,8 @@ from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 ALL_WEEKDAYS: frozenset[int] = frozenset(range(7))  # Monday = 0, as datetime.weekday()
+# A weekly schedule repeats within 7 days; one more covers a window crossing midnight.
+BOUNDARY_LOOKAHEAD_DAYS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +79,28 @@ class Schedule:
                             starts.add(begin)
             day += timedelta(days=1)
         return sorted(starts)
+
+    def next_boundary_after(
+        self, after: datetime, tz: ZoneInfo, start_offset: timedelta = timedelta(0)
+    ) -> datetime | None:
+        """The first window start (shifted by `start_offset`, a grace) or window end strictly
+        after `after`, looking a little over a week ahead; None if there is none (no window
+        on any weekday, or every day in that span is an exception date).
+
+        The engine's clock uses it to wake up exactly when a scheduled rule may change."""
+        best: datetime | None = None
+        first_day = after.astimezone(tz).date() - timedelta(days=1)
+        for offset_days in range(BOUNDARY_LOOKAHEAD_DAYS + 2):
+            day = first_day + timedelta(days=offset_days)
+            if day in self.exception_dates:
+                continue
+            for window in self.windows:
+                if day.weekday() not in window.weekdays:
+                    continue
+                begin, finish = window.interval_on(day, tz)
+                for moment in (min(begin + start_offset, finish), finish):
+                    if moment > after and (best is None or moment < best):
+                        best = moment
+            if best is not None and day > best.astimezone(tz).date():
+                break
+        return best

@@ -18,6 +18,8 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 EARTH_RADIUS_M = 6_371_008.8
+# How far past the cap `Zone.signed_distance_capped_m` reports a point it did not measure.
+BEYOND_CAP_M = 1.0
 
 
 class ZoneKind(StrEnum):
@@ -105,6 +107,45 @@ class Zone:
         edge_distance = float(shapely.distance(self.boundary_m, point))
         return -edge_distance if self.geometry_m.contains(point) else edge_distance
 
+    def signed_distance_capped_m(self, x: float, y: float, cap_m: float) -> float:
+        """`signed_distance_m` when the point is within `cap_m` of the edge; otherwise a value
+        beyond the cap with the right sign (the exact figure cannot change a presence test
+        whose thresholds are all within the cap).
+
+        A district boundary has thousands of vertices; the prepared within-distance test
+        skips the exact distance for the common fix far from every edge."""
+        point = shapely.Point(x, y)
+        inside = bool(self.geometry_m.contains(point))
+        if not shapely.dwithin(self.boundary_m, point, cap_m):
+            beyond = cap_m + BEYOND_CAP_M
+            return -beyond if inside else beyond
+        edge_distance = float(shapely.distance(self.boundary_m, point))
+        return -edge_distance if inside else edge_distance
+
+    def chord(self, start: tuple[float, float], end: tuple[float, float]) -> Chord | None:
+        """How the straight segment start->end runs through the zone: None if it misses it."""
+        line = shapely.LineString([start, end])
+        if not self.geometry_m.intersects(line):
+            return None
+        inside = shapely.intersection(self.geometry_m, line)
+        length_m = float(inside.length)
+        total_m = float(line.length)
+        if length_m <= 0.0 or total_m <= 0.0:
+            return None
+        points = shapely.get_coordinates(inside)
+        fractions = [float(line.project(shapely.Point(p))) / total_m for p in points]
+        return Chord(length_m, min(fractions), max(fractions))
+
+
+@dataclass(frozen=True, slots=True)
+class Chord:
+    """The part of a straight segment inside a zone: its length, and where along the segment
+    (0 = start, 1 = end) it enters first and leaves last."""
+
+    length_m: float
+    enter_fraction: float
+    leave_fraction: float
+
 
 def inclusion_presence(signed_m: float, accuracy_m: float, margin_m: float) -> Presence:
     """Outside only when the whole accuracy circle is outside by more than the margin;
@@ -143,4 +184,11 @@ class ZoneIndex:
         if not self._zones:
             return []
         hits = self._tree.query(shapely.Point(x, y), predicate="dwithin", distance=radius_m)
-        return [self._zones[int(i)] for i in hits]
+        return [self._zones[int(i)] for i in sorted(hits)]
+
+    def crossed_by(self, start: tuple[float, float], end: tuple[float, float]) -> list[Zone]:
+        """Zones the straight segment start->end touches (candidates for segment crossing)."""
+        if not self._zones:
+            return []
+        hits = self._tree.query(shapely.LineString([start, end]), predicate="intersects")
+        return [self._zones[int(i)] for i in sorted(hits)]

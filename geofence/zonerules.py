@@ -1,0 +1,601 @@
+"""Zone rules: where a device is against the zones of its subject, decided without crying
+wolf. Pure: fixes and event times in, findings out.
+
+Each zone a subject is held to is a *track*: one `Membership` (confirmed presence with
+dwell) fed by every evaluated fix. The rules then read the tracks:
+
+| rule               | track                        | violating | in force                           |
+|--------------------|------------------------------|-----------|------------------------------------|
+| boundary_exit      | permitted zone               | outside   | always, except during leave        |
+| curfew_away        | home                         | outside   | curfew windows, except during leave|
+| inclusion_away     | scheduled place (work)       | outside   | its windows after grace, not leave |
+| leave_area_exit    | permitted + destination+route| outside   | during the leave                   |
+| exclusion_entry    | exclusion zone               | inside    | always or its schedule's windows   |
+| exclusion_approach | exclusion zone + band        | inside    | as its exclusion                   |
+| exclusion_crossed  | the segment between two fixes| crosses   | as its exclusion                   |
+
+Late fixes (older than the newest evaluated one) never move a track; they are audited for a
+violation the live stream missed, which is then reported as raised and cleared together.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from alerts.model import Finding, RuleId
+from geofence.config import CoreConfig, ExclusionAssignment, SubjectSpec, ZoneRuleParams
+from geofence.state import EvalContext, Membership, PlacedFix
+from geofence.windows import (
+    WindowFn,
+    boundary_window,
+    curfew_window,
+    exclusion_window,
+    inclusion_window,
+    leave_window,
+)
+from geofence.zones import (
+    Presence,
+    Zone,
+    ZoneIndex,
+    exclusion_presence,
+    inclusion_presence,
+)
+
+APPROACH_SUFFIX = "#approach"
+LEAVE_PREFIX = "leave:"
+# A leave's widened area is tracked from a day before it starts, so its presence is already
+# confirmed when the leave begins.
+LEAVE_TRACK_LEAD = timedelta(days=1)
+# How many late fixes an audit finding quotes as evidence.
+LATE_EVIDENCE_FIXES = 5
+
+
+def approach_key(zone_id: str) -> str:
+    return zone_id + APPROACH_SUFFIX
+
+
+def leave_key(leave_id: str) -> str:
+    return LEAVE_PREFIX + leave_id
+
+
+@dataclass(frozen=True, slots=True)
+class Track:
+    """One zone (or widened area) a device's presence is confirmed against."""
+
+    key: str
+    zone: Zone
+    rule: RuleId  # whose dwell parameters apply
+
+
+@dataclass(frozen=True, slots=True)
+class _SubjectZones:
+    """A subject's exclusions, looked up by zone id, with their own spatial index."""
+
+    assignments: dict[str, ExclusionAssignment]
+    keys: frozenset[str]  # membership keys of entry and approach tracks
+    index: ZoneIndex
+    max_band_m: float
+
+
+def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
+    if placed is None:
+        return ""
+    signed = zone.signed_distance_m(*placed.xy)
+    side = "outside" if outside else "inside"
+    return (
+        f": {abs(signed):,.0f} m {side} its edge (accuracy {placed.fix.accuracy_m:.0f} m)"
+    )
+
+
+def _inclusion_presence(zone: Zone, placed: PlacedFix, params: ZoneRuleParams) -> Presence:
+    accuracy = placed.fix.accuracy_m
+    signed = zone.signed_distance_capped_m(*placed.xy, accuracy + params.margin_m)
+    return inclusion_presence(signed, accuracy, params.margin_m)
+
+
+def _exclusion_presences(
+    zone: Zone,
+    placed: PlacedFix,
+    entry: ZoneRuleParams,
+    approach: ZoneRuleParams,
+    band_m: float,
+) -> tuple[Presence, Presence | None]:
+    accuracy = placed.fix.accuracy_m
+    cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
+    signed = zone.signed_distance_capped_m(*placed.xy, cap)
+    inside = exclusion_presence(signed, accuracy, entry.margin_m, entry.max_accuracy_m)
+    if band_m <= 0.0:
+        return inside, None
+    near = exclusion_presence(
+        signed - band_m, accuracy, approach.margin_m, approach.max_accuracy_m
+    )
+    return inside, near
+
+
+def _approach_may_raise(entry: Membership | None, band: Membership) -> bool:
+    """An approach warning is for someone who came near and stayed out: not while they are
+    (or are about to be confirmed) inside, and not for the walk out after a visit."""
+    if entry is None:
+        return True
+    if Presence.INSIDE in (entry.confirmed, entry.pending):
+        return False
+    left_during_this_stay = (
+        entry.previous is Presence.INSIDE
+        and entry.confirmed_since is not None
+        and band.confirmed_since is not None
+        and entry.confirmed_since >= band.confirmed_since
+    )
+    return not left_during_this_stay
+
+
+class ZoneRules:
+    """Stateless apart from per-config caches; all device state lives in `DeviceState`."""
+
+    def __init__(self) -> None:
+        self._cache_for: CoreConfig | None = None
+        self._subject_zones: dict[str, _SubjectZones] = {}
+
+    def _zones_of(self, config: CoreConfig, subject: SubjectSpec) -> _SubjectZones:
+        if self._cache_for is not config:
+            self._cache_for, self._subject_zones = config, {}
+        cached = self._subject_zones.get(subject.subject_id)
+        if cached is None:
+            assignments = {a.zone_id: a for a in subject.exclusions}
+            keys = set(assignments)
+            keys.update(approach_key(a.zone_id) for a in subject.exclusions if a.approach_m > 0)
+            cached = _SubjectZones(
+                assignments,
+                frozenset(keys),
+                config.subject_exclusion_index.get(subject.subject_id, ZoneIndex([])),
+                max((a.approach_m for a in subject.exclusions), default=0.0),
+            )
+            self._subject_zones[subject.subject_id] = cached
+        return cached
+
+    # ------------------------------------------------------------------ tracks
+
+    @staticmethod
+    def inclusion_tracks(config: CoreConfig, subject: SubjectSpec, at: datetime) -> list[Track]:
+        zones = config.zones
+        tracks: list[Track] = []
+        if subject.permitted_zone_id is not None:
+            zid = subject.permitted_zone_id
+            tracks.append(Track(zid, zones[zid], RuleId.BOUNDARY_EXIT))
+        if subject.home_zone_id is not None:
+            zid = subject.home_zone_id
+            tracks.append(Track(zid, zones[zid], RuleId.CURFEW_AWAY))
+        for inclusion in subject.inclusions:
+            zid = inclusion.zone_id
+            tracks.append(Track(zid, zones[zid], RuleId.INCLUSION_AWAY))
+        for leave in subject.leaves:
+            if leave.start - LEAVE_TRACK_LEAD <= at < leave.exempt_until:
+                tracks.append(Track(leave_key(leave.leave_id), leave.area, RuleId.LEAVE_AREA_EXIT))
+        return tracks
+
+    def _update_tracks(self, ctx: EvalContext, placed: PlacedFix) -> set[str]:
+        """Feed one in-order fix to every track; returns the exclusion keys it measured."""
+        config, subject, state = ctx.config, ctx.subject, ctx.state
+        rules = config.rules
+        ts = placed.fix.ts
+        for track in self.inclusion_tracks(config, subject, ts):
+            params = rules.zone_params(track.rule)
+            presence = _inclusion_presence(track.zone, placed, params)
+            state.memberships.setdefault(track.key, Membership()).observe(presence, ts, params)
+        measured: set[str] = set()
+        zones = self._zones_of(config, subject)
+        if not zones.assignments:
+            return measured
+        entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
+        approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
+        radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
+        for zone in zones.index.near(*placed.xy, radius):
+            assignment = zones.assignments[zone.zone_id]
+            inside, near = _exclusion_presences(zone, placed, entry, approach,
+                                                assignment.approach_m)
+            state.memberships.setdefault(zone.zone_id, Membership()).observe(inside, ts, entry)
+            measured.add(zone.zone_id)
+            if near is not None:
+                key = approach_key(zone.zone_id)
+                state.memberships.setdefault(key, Membership()).observe(near, ts, approach)
+                measured.add(key)
+        # Zones the index did not return are clear of the whole circle, band and margin.
+        for key, membership in state.memberships.items():
+            if key in zones.keys and key not in measured:
+                params = approach if key.endswith(APPROACH_SUFFIX) else entry
+                membership.observe(Presence.OUTSIDE, ts, params)
+        return measured
+
+    # ------------------------------------------------------------------ entry points
+
+    def on_fix(
+        self, ctx: EvalContext, placed: PlacedFix, previous: PlacedFix | None
+    ) -> list[Finding]:
+        """An in-order, plausible fix: update the tracks, look for a crossing since the
+        previous fix, then judge every zone rule at the fix's time."""
+        self._update_tracks(ctx, placed)
+        findings: list[Finding] = []
+        if previous is not None:
+            findings += self._crossings(ctx, previous, placed)
+        state = ctx.state
+        # Never judge earlier than a tick already did (a fix delivered after the tick that
+        # opened or closed a window must not undo it).
+        at = placed.fix.ts if state.clock is None else max(state.clock, placed.fix.ts)
+        state.clock = at
+        findings += self.evaluate(ctx, at, placed)
+        return findings
+
+    def on_time(self, ctx: EvalContext, at: datetime) -> list[Finding]:
+        """A schedule or leave boundary passed (event time `at`): judge the rules again."""
+        state = ctx.state
+        if state.last_fix is None or state.last_xy is None:
+            return []
+        if state.clock is not None and at <= state.clock:
+            return []
+        state.clock = at
+        return self.evaluate(ctx, at, None)
+
+    # ------------------------------------------------------------------ rules
+
+    def evaluate(self, ctx: EvalContext, at: datetime, placed: PlacedFix | None) -> list[Finding]:
+        config, subject, state = ctx.config, ctx.subject, ctx.state
+        last = placed.fix if placed is not None else state.last_fix
+        evidence: dict[str, Any] = {"ping": last.to_wire()} if last is not None else {}
+        zones = config.zones
+        findings: list[Finding] = []
+
+        permitted = subject.permitted_zone_id
+        if permitted is not None:
+            zone = zones[permitted]
+            findings += self._windowed(
+                ctx, RuleId.BOUNDARY_EXIT, permitted, permitted, boundary_window(subject),
+                Presence.OUTSIDE, at, evidence,
+                lambda: (
+                    f"Left permitted area {permitted}" + _edge_text(zone, placed, True)
+                    if placed is not None
+                    else f"Outside permitted area {permitted} when approved leave ended"
+                ),
+                f"Back inside permitted area {permitted}",
+                f"Approved leave began; permitted area {permitted} suspended",
+            )
+
+        home = subject.home_zone_id
+        curfew = curfew_window(subject, config.rules.curfew_grace_seconds)
+        if home is not None and curfew is not None:
+            zone = zones[home]
+            findings += self._windowed(
+                ctx, RuleId.CURFEW_AWAY, home, home, curfew, Presence.OUTSIDE, at, evidence,
+                lambda: (
+                    f"Away from home {home} during curfew" + _edge_text(zone, placed, True)
+                    if placed is not None
+                    else f"Away from home {home} when curfew began"
+                ),
+                f"Back home {home}",
+                "Curfew ended (or approved leave began)",
+            )
+
+        for inclusion in subject.inclusions:
+            zid = inclusion.zone_id
+            schedule_id = inclusion.schedule.schedule_id
+            zone = zones[zid]
+            findings += self._windowed(
+                ctx, RuleId.INCLUSION_AWAY, zid, zid, inclusion_window(subject, inclusion),
+                Presence.OUTSIDE, at, evidence,
+                lambda zid=zid, zone=zone, schedule_id=schedule_id: (
+                    f"Away from {zid} during schedule {schedule_id}"
+                    + _edge_text(zone, placed, True)
+                    if placed is not None
+                    else f"Not at {zid} when schedule {schedule_id} began (after its grace)"
+                ),
+                f"At {zid} again",
+                f"Schedule {schedule_id} ended (or approved leave began)",
+            )
+
+        for leave in subject.leaves:
+            key = leave_key(leave.leave_id)
+            if key not in state.memberships:
+                continue
+            findings += self._windowed(
+                ctx, RuleId.LEAVE_AREA_EXIT, key, key, leave_window(leave), Presence.OUTSIDE,
+                at, evidence,
+                lambda leave=leave: (
+                    f"Left the approved leave area of {leave.leave_id} (destination "
+                    f"{leave.destination_zone_id} and route)"
+                    + _edge_text(leave.area, placed, True)
+                    if placed is not None
+                    else f"Outside the approved leave area of {leave.leave_id} when it began"
+                ),
+                f"Back inside the approved leave area of {leave.leave_id}",
+                f"Approved leave {leave.leave_id} ended",
+            )
+
+        findings += self._exclusion_rules(ctx, at, placed, evidence)
+        return findings
+
+    def _exclusion_rules(
+        self, ctx: EvalContext, at: datetime, placed: PlacedFix | None, evidence: dict[str, Any]
+    ) -> list[Finding]:
+        zones = self._zones_of(ctx.config, ctx.subject)
+        if not zones.assignments:
+            return []
+        memberships = ctx.state.memberships
+        findings: list[Finding] = []
+        # Only zones this device has come near have a membership; the rest cannot be violated.
+        for zone_id in [k for k in memberships if k in zones.assignments]:
+            assignment = zones.assignments[zone_id]
+            zone = ctx.config.zones[zone_id]
+            window = exclusion_window(ctx.subject, assignment)
+            entry = memberships[zone_id]
+            findings += self._windowed(
+                ctx, RuleId.EXCLUSION_ENTRY, zone_id, zone_id, window, Presence.INSIDE, at,
+                evidence,
+                lambda zone_id=zone_id, zone=zone: (
+                    f"Entered exclusion zone {zone_id}" + _edge_text(zone, placed, False)
+                    if placed is not None
+                    else f"In exclusion zone {zone_id} when its schedule began"
+                ),
+                f"Left exclusion zone {zone_id}",
+                f"Schedule of exclusion zone {zone_id} ended",
+            )
+            band = memberships.get(approach_key(zone_id))
+            if band is None:
+                continue
+            band_m = assignment.approach_m
+            findings += self._windowed(
+                ctx, RuleId.EXCLUSION_APPROACH, zone_id, approach_key(zone_id), window,
+                Presence.INSIDE, at, evidence,
+                lambda zone_id=zone_id, zone=zone, band_m=band_m: (
+                    f"Near exclusion zone {zone_id} (within its {band_m:.0f} m warning band)"
+                    + _edge_text(zone, placed, True)
+                    if placed is not None
+                    else f"Near exclusion zone {zone_id} when its schedule began"
+                ),
+                f"Moved away from exclusion zone {zone_id}",
+                f"Schedule of exclusion zone {zone_id} ended",
+                raise_ok=_approach_may_raise(entry, band),
+            )
+        return findings
+
+    @staticmethod
+    def _windowed(
+        ctx: EvalContext,
+        rule: RuleId,
+        zone_id: str,
+        track_key: str,
+        window_fn: WindowFn,
+        violating: Presence,
+        at: datetime,
+        evidence: dict[str, Any],
+        reason: Callable[[], str],
+        back_reason: str,
+        ended_reason: str,
+        raise_ok: bool = True,
+    ) -> list[Finding]:
+        """A zone rule in force while `window_fn` says so.
+
+        The violation starts at the later of the window's start and the time the presence was
+        confirmed; it ends when the device is confirmed back (the first fix of that run) or
+        when the window closes, whichever is first. All are event times, so it does not
+        matter when the tick that notices runs."""
+        instance = ctx.rules.get(ctx.device_id, rule, zone_id)
+        active = instance is not None and instance.active
+        membership = ctx.state.memberships.get(track_key)
+        window = window_fn(at)
+        in_violation = (
+            window is not None and membership is not None and membership.confirmed is violating
+        )
+        if in_violation:
+            if active or not raise_ok:
+                return []
+            assert window is not None and membership is not None
+            started = membership.confirmed_since or at
+            return ctx.set(rule, zone_id, True, max(window[0], started), evidence, reason())
+        if instance is None or not active or instance.since is None:
+            return []
+        end = at
+        why = back_reason
+        if (
+            membership is not None
+            and membership.confirmed is not violating
+            and membership.confirmed_since is not None
+        ):
+            end = min(end, membership.confirmed_since)
+        raised_window = window_fn(instance.since)
+        if raised_window is not None and raised_window != window and raised_window[1] <= end:
+            end, why = raised_window[1], ended_reason
+        elif window is None and (membership is None or membership.confirmed is violating):
+            why = ended_reason
+        return ctx.set(rule, zone_id, False, max(end, instance.since), evidence, why)
+
+    # ------------------------------------------------------------------ segment crossing
+
+    def _crossings(
+        self, ctx: EvalContext, previous: PlacedFix, current: PlacedFix
+    ) -> list[Finding]:
+        """Exclusion zones passed through between two sparse fixes, both clearly outside.
+
+        Only the subject's own zones that the segment touches are examined (STRtree query
+        with the segment), then the straight line must run `min_chord_m` inside the zone."""
+        config = ctx.config
+        zones = self._zones_of(config, ctx.subject)
+        if not zones.assignments:
+            return []
+        crossing = config.rules.crossing
+        entry = config.rules.zone_params(RuleId.EXCLUSION_ENTRY)
+        approach = config.rules.zone_params(RuleId.EXCLUSION_APPROACH)
+        gap = current.fix.ts - previous.fix.ts
+        gap_s = gap.total_seconds()
+        if not 0.0 < gap_s <= crossing.max_gap_seconds:
+            return []
+        if max(previous.fix.accuracy_m, current.fix.accuracy_m) > entry.max_accuracy_m:
+            return []
+        findings: list[Finding] = []
+        for zone in zones.index.crossed_by(previous.xy, current.xy):
+            zone_id = zone.zone_id
+            if ctx.active(RuleId.EXCLUSION_ENTRY, zone_id):
+                continue
+            membership = ctx.state.memberships.get(zone_id)
+            if membership is not None and Presence.INSIDE in (
+                membership.confirmed, membership.pending
+            ):
+                continue  # the ordinary entry rule is already on it
+            ends = [
+                _exclusion_presences(zone, p, entry, approach, 0.0)[0]
+                for p in (previous, current)
+            ]
+            if any(p is not Presence.OUTSIDE for p in ends):
+                continue
+            chord = zone.chord(previous.xy, current.xy)
+            if chord is None or chord.length_m < crossing.min_chord_m:
+                continue
+            entered = previous.fix.ts + gap * chord.enter_fraction
+            left = previous.fix.ts + gap * chord.leave_fraction
+            if exclusion_window(ctx.subject, zones.assignments[zone_id])(entered) is None:
+                continue
+            evidence: dict[str, Any] = {
+                "crossing": {
+                    "from": previous.fix.to_wire(),
+                    "to": current.fix.to_wire(),
+                    "chord_m": round(chord.length_m, 1),
+                }
+            }
+            ctx.stats["exclusion_crossing_inferred"] += 1
+            findings += ctx.pulse(
+                RuleId.EXCLUSION_CROSSED, zone_id, entered, left, evidence,
+                f"Passed through exclusion zone {zone_id} between two fixes "
+                f"{gap_s / 60.0:.0f} min apart: the straight line between them runs "
+                f"{chord.length_m:,.0f} m inside it",
+                evidence,
+                f"Crossing of {zone_id} inferred; the later fix is outside",
+            )
+        return findings
+
+    # ------------------------------------------------------------------ late fixes
+
+    def on_late_fix(
+        self, ctx: EvalContext, gap_start: PlacedFix, gap_end: PlacedFix | None, now: datetime
+    ) -> list[Finding]:
+        """Audit the late fixes that fell between two evaluated fixes for a violation the
+        live stream missed (a visit during a coverage gap). Never moves a track; a violation
+        already reported, or overlapping one, is not reported again."""
+        state = ctx.state
+        late = state.late.get(gap_start.fix.ts, [])
+        if not late:
+            return []
+        config, subject = ctx.config, ctx.subject
+        rules = config.rules
+        findings: list[Finding] = []
+        candidates: list[tuple[Track, Presence, WindowFn]] = []
+        for track in self.inclusion_tracks(config, subject, late[0].fix.ts):
+            window = self._track_window(config, subject, track)
+            if window is not None:
+                candidates.append((track, Presence.OUTSIDE, window))
+        zones = self._zones_of(config, subject)
+        entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
+        seen: set[str] = set()
+        for placed in late:
+            radius = placed.fix.accuracy_m + entry.margin_m
+            for zone in zones.index.near(*placed.xy, radius):
+                if zone.zone_id not in seen:
+                    seen.add(zone.zone_id)
+                    window = exclusion_window(subject, zones.assignments[zone.zone_id])
+                    track = Track(zone.zone_id, zone, RuleId.EXCLUSION_ENTRY)
+                    candidates.append((track, Presence.INSIDE, window))
+        for track, violating, window_fn in candidates:
+            if (track.key, gap_start.fix.ts) in state.audited:
+                continue
+            params = rules.zone_params(track.rule)
+            found = _violating_run(late, track, violating, params)
+            if found is None:
+                continue
+            start, end_ts, run = found
+            window = window_fn(start)
+            if window is None:
+                continue
+            end = end_ts or (gap_end.fix.ts if gap_end is not None else now)
+            end = min(end, window[1])
+            zone_id = track.key
+            instance = ctx.rules.get(ctx.device_id, track.rule, zone_id)
+            if instance is not None and (instance.active or instance.overlaps(start, end)):
+                ctx.stats["late_violation_already_reported"] += 1
+                continue
+            state.audited.add((track.key, gap_start.fix.ts))
+            ctx.stats["late_violation_found"] += 1
+            evidence: dict[str, Any] = {
+                "late_fixes": [p.fix.to_wire() for p in run[:LATE_EVIDENCE_FIXES]],
+                "delivered_at": now.isoformat(),
+            }
+            what = "outside" if violating is Presence.OUTSIDE else "inside"
+            findings += ctx.pulse(
+                track.rule, zone_id, start, end, evidence,
+                f"{track.rule.value} at {zone_id}: {len(run)} fixes {what} it, delivered late "
+                "(stored and forwarded by the device)",
+                evidence,
+                f"{track.rule.value} at {zone_id} had ended by the next fix",
+            )
+        return findings
+
+    @staticmethod
+    def _track_window(config: CoreConfig, subject: SubjectSpec, track: Track) -> WindowFn | None:
+        if track.rule is RuleId.BOUNDARY_EXIT:
+            return boundary_window(subject)
+        if track.rule is RuleId.CURFEW_AWAY:
+            return curfew_window(subject, config.rules.curfew_grace_seconds)
+        if track.rule is RuleId.INCLUSION_AWAY:
+            for inclusion in subject.inclusions:
+                if inclusion.zone_id == track.key:
+                    return inclusion_window(subject, inclusion)
+            return None
+        if track.rule is RuleId.LEAVE_AREA_EXIT:
+            for leave in subject.leaves:
+                if leave_key(leave.leave_id) == track.key:
+                    return leave_window(leave)
+        return None
+
+
+def _violating_run(
+    fixes: Iterable[PlacedFix], track: Track, violating: Presence, params: ZoneRuleParams
+) -> tuple[datetime, datetime | None, list[PlacedFix]] | None:
+    """The first run of fixes that would confirm the violating presence under the track's
+    dwell: (its first fix's ts, the ts of the first fix after it that is not violating or
+    None, the run), or None."""
+    count = 0
+    since: datetime | None = None
+    run: list[PlacedFix] = []
+    confirmed = False
+    for placed in fixes:
+        if track.rule is RuleId.EXCLUSION_ENTRY:
+            presence = exclusion_presence(
+                track.zone.signed_distance_m(*placed.xy), placed.fix.accuracy_m,
+                params.margin_m, params.max_accuracy_m,
+            )
+        else:
+            presence = _inclusion_presence(track.zone, placed, params)
+        if presence is Presence.UNCERTAIN:
+            continue
+        if presence is violating:
+            if count == 0:
+                since, run = placed.fix.ts, []
+            count += 1
+            run.append(placed)
+            assert since is not None
+            dwelt_s = (placed.fix.ts - since).total_seconds()
+            if count >= params.dwell_fixes or (count > 1 and dwelt_s >= params.dwell_seconds):
+                confirmed = True
+        elif confirmed:
+            assert since is not None
+            return since, placed.fix.ts, run
+        else:
+            count = 0
+    if confirmed and since is not None:
+        return since, None, run
+    return None
+
+
+def insert_late(late: list[PlacedFix], placed: PlacedFix) -> None:
+    """Keep a gap's late fixes sorted by event time."""
+    keys = [p.fix.ts for p in late]
+    late.insert(bisect.bisect(keys, placed.fix.ts), placed)
