@@ -14,12 +14,11 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
 from alerts.model import AlertTransition
 from daemon.pipeline import Pipeline
-from daemon.wire import WireError, parse_timestamp
 from geofence.config import CoreConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,31 +45,48 @@ class ReplayLineError(ValueError):
     pass
 
 
+def _arrival_time(value: Any) -> datetime:
+    """An arrival time: RFC 3339 with offset, or epoch seconds (as on the wire)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise ReplayLineError(f"received_at {value!r} out of range") from None
+    if not isinstance(value, str):
+        raise ReplayLineError(f"bad received_at {value!r}")
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise ReplayLineError(f"bad received_at {value!r}") from None
+    if at.tzinfo is None:
+        raise ReplayLineError(f"received_at without offset {value!r}")
+    try:
+        return at.astimezone(UTC)
+    except OverflowError:
+        raise ReplayLineError(f"received_at {value!r} out of range") from None
+
+
 def parse_line(line: str) -> ReplayMessage:
+    """One replay line; every problem is a `ReplayLineError` (counted, never fatal)."""
     try:
         record = json.loads(line)
     except ValueError as exc:
         raise ReplayLineError(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise ReplayLineError("nested too deeply") from None
     if not isinstance(record, dict) or not isinstance(record.get("topic"), str):
         raise ReplayLineError("line needs an object with a string 'topic'")
     payload: Any = record.get("payload")
-    raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    try:
+        raw = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+    except (UnicodeEncodeError, ValueError, RecursionError) as exc:
+        raise ReplayLineError(f"payload not encodable: {exc}") from None
     received: Any = record.get("received_at")
     if received is None and isinstance(payload, dict):
         received = payload.get("ts")
     if received is None:
         raise ReplayLineError("no received_at and no payload ts")
-    try:
-        # Far-future/past checks are relative to arrival, so compare with itself here.
-        at = parse_timestamp(received, datetime.fromisoformat("2000-01-01T00:00:00+00:00"))
-    except WireError:
-        try:
-            at = datetime.fromisoformat(str(received))
-        except ValueError:
-            raise ReplayLineError(f"bad received_at {received!r}") from None
-        if at.tzinfo is None:
-            raise ReplayLineError(f"received_at without offset {received!r}") from None
-    return ReplayMessage(record["topic"], raw, at)
+    return ReplayMessage(record["topic"], raw, _arrival_time(received))
 
 
 class Replayer:

@@ -99,7 +99,10 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:
     value = data[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WireError(RejectReason.BAD_TYPE, f"{key} must be a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer with hundreds of digits
+        raise WireError(RejectReason.OUT_OF_RANGE, f"{key} is out of range") from None
     if not math.isfinite(number):
         raise WireError(RejectReason.NON_FINITE, key)
     if not low <= number <= high:
@@ -111,12 +114,13 @@ def parse_timestamp(value: Any, received_at: datetime) -> datetime:
     if isinstance(value, bool):
         raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
     if isinstance(value, int | float):
-        if not math.isfinite(float(value)):
-            raise WireError(RejectReason.NON_FINITE, "ts")
         try:
-            ts = datetime.fromtimestamp(float(value), tz=UTC)
+            seconds = float(value)
+            if not math.isfinite(seconds):
+                raise WireError(RejectReason.NON_FINITE, "ts")
+            ts = datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise WireError(RejectReason.BAD_TIMESTAMP, f"epoch {value} out of range") from None
+            raise WireError(RejectReason.BAD_TIMESTAMP, "epoch ts out of range") from None
     elif isinstance(value, str) and len(value) <= 64:
         try:
             parsed = datetime.fromisoformat(value)
@@ -124,7 +128,10 @@ def parse_timestamp(value: Any, received_at: datetime) -> datetime:
             raise WireError(RejectReason.BAD_TIMESTAMP, f"not RFC 3339: {value!r}") from None
         if parsed.tzinfo is None:
             raise WireError(RejectReason.BAD_TIMESTAMP, f"no UTC offset: {value!r}")
-        ts = parsed.astimezone(UTC)
+        try:
+            ts = parsed.astimezone(UTC)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+            raise WireError(RejectReason.BAD_TIMESTAMP, f"out of range: {value!r}") from None
     else:
         raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
     if ts - received_at > MAX_FUTURE_SKEW:

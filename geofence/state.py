@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from alerts.model import Finding, FindingKind, RuleId
@@ -182,6 +182,7 @@ class RuleStates:
         instance = self._instances.setdefault((device_id, rule, zone_id), RuleInstance())
         if instance.active is violated:
             return []
+        at = at.astimezone(UTC)  # window starts carry the subject's zone; alert ids hash UTC
         instance.active, instance.since = violated, at
         if violated:
             instance.intervals.append([at, None])

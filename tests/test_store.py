@@ -97,12 +97,14 @@ async def eventually_count(dsn: str, table: str, expected: int) -> None:
         await asyncio.sleep(POLL_SECONDS)
 
 
-_BLOCKED_INSERT = "wait_event_type = 'Lock' AND query LIKE 'INSERT INTO pings%%'"
+_BLOCKED_WRITE = (
+    "wait_event_type = 'Lock' AND (query LIKE 'COPY pings %%' OR query LIKE 'INSERT INTO pings %%')"
+)
 
 
 async def writer_blocked_on_lock(dsn: str) -> None:
-    """Wait until the writer's INSERT is waiting for a table lock the test holds."""
-    query = "SELECT count(*) FROM pg_stat_activity WHERE " + _BLOCKED_INSERT
+    """Wait until the writer's COPY/INSERT is waiting for a table lock the test holds."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE " + _BLOCKED_WRITE
     for _ in range(int(EVENTUALLY_SECONDS / POLL_SECONDS)):
         if await scalar(dsn, query):
             return
@@ -196,14 +198,22 @@ async def test_writer_stores_pings_and_events_once(migrated: str) -> None:
     events = [event(f"dev-{d}", i) for d in range(5) for i in range(0, 600, 10)]
     # The same (device_id, ts) twice in one run, and an event of another type at the
     # same instant (a different key).
-    duplicates = fixes[:250] + events[:5]
+    duplicates: list[LocationFix | DeviceEvent] = [*fixes[:250], *events[:5]]
     same_instant = [event("dev-0", 0, DeviceEventType.BATTERY_LOW)]
     dup_before = metric("emon_store_rows_duplicate_total", table="pings")
 
     async with open_pool(dsn) as pool, PingWriter(pool) as writer:
-        for obs in [*fixes, *events, *duplicates, *same_instant]:
+        dedup_before = metric("emon_store_dedup_path_writes_total", table="pings")
+        first: list[LocationFix | DeviceEvent] = [*fixes, *events]
+        for obs in first:
             await writer.put(obs, "subject-" + obs.device_id)
         await writer.flush()
+        # Nothing stored twice yet: the fast path (plain COPY) took it all.
+        assert metric("emon_store_dedup_path_writes_total", table="pings") == dedup_before
+        for obs in [*duplicates, *same_instant]:
+            await writer.put(obs, "subject-" + obs.device_id)
+        await writer.flush()
+        assert metric("emon_store_dedup_path_writes_total", table="pings") > dedup_before
         assert writer.buffered == 0
 
     assert await count(dsn, "pings") == 3000
@@ -244,13 +254,14 @@ async def test_replaying_a_batch_stores_nothing_new(migrated: str) -> None:
 
 async def test_few_rows_are_flushed_by_age(migrated: str) -> None:
     dsn = migrated
-    async with open_pool(dsn) as pool, PingWriter(pool, flush_interval_seconds=0.1) as writer:
+    age = 0.5
+    async with open_pool(dsn) as pool, PingWriter(pool, flush_interval_seconds=age) as writer:
         started = asyncio.get_running_loop().time()
         for i in range(3):
             await writer.put(fix("dev-a", i), "subject-a")
-        assert await count(dsn, "pings") == 0  # not due yet: 3 rows, 100 ms
+        assert await count(dsn, "pings") == 0  # not due yet: 3 rows, younger than `age`
         await eventually_count(dsn, "pings", 3)
-        assert asyncio.get_running_loop().time() - started >= 0.1
+        assert asyncio.get_running_loop().time() - started >= age
         assert writer.buffered == 0
 
 
@@ -260,11 +271,27 @@ async def test_a_full_batch_is_flushed_without_waiting_for_age(migrated: str) ->
         open_pool(dsn) as pool,
         PingWriter(pool, flush_rows=10, flush_interval_seconds=3600) as writer,
     ):
-        for i in range(25):
+        for i in range(10):
             await writer.put(fix("dev-s", i), "subject-s")
-        await eventually_count(dsn, "pings", 20)
+        await eventually_count(dsn, "pings", 10)
+        for i in range(10, 15):
+            await writer.put(fix("dev-s", i), "subject-s")
+        await asyncio.sleep(0.3)
+        assert await count(dsn, "pings") == 10  # 5 rows: neither full nor old enough
         assert writer.buffered == 5
-    assert await count(dsn, "pings") == 25  # the rest on exit
+    assert await count(dsn, "pings") == 15  # the rest on exit
+
+
+async def test_a_backlog_is_written_in_larger_batches(migrated: str) -> None:
+    dsn = migrated
+    batches_before = metric("emon_store_batches_total")
+    async with PingWriter(dsn, flush_rows=100, max_batch_rows=1000) as writer:
+        # put() does not yield while there is room, so all 3000 are buffered first.
+        for i in range(3000):
+            await writer.put(fix("dev-l", i), "subject-l")
+        await writer.flush()
+    assert await count(dsn, "pings") == 3000
+    assert metric("emon_store_batches_total") - batches_before == 3
 
 
 async def test_full_buffer_backpressure_and_overflow(migrated: str) -> None:
@@ -345,9 +372,9 @@ async def test_writer_survives_its_connection_being_killed_mid_batch(migrated: s
             await locker.execute("LOCK TABLE pings IN ACCESS EXCLUSIVE MODE")
             for i in range(1000, 1300):
                 await writer.put(fix("dev-k", i), "subject-k")
-            # Kill the writer's backend inside its transaction, blocked on the INSERT.
+            # Kill the writer's backend inside its transaction, blocked on its write.
             await writer_blocked_on_lock(dsn)
-            assert await _terminate_backends(dsn, _BLOCKED_INSERT) == 1
+            assert await _terminate_backends(dsn, _BLOCKED_WRITE) == 1
             await locker.commit()
 
         for i in range(1300, 2000):
@@ -390,6 +417,38 @@ async def test_outage_is_logged_once_and_every_row_is_stored(
     messages = [r.getMessage() for r in caplog.records]
     assert sum("cannot write to the database" in m for m in messages) == 1, messages
     assert sum("recovered" in m for m in messages) == 1, messages
+
+
+async def test_shutdown_with_the_database_down_reports_unwritten_rows(
+    migrated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    dsn = migrated
+    dbname = await scalar(dsn, "SELECT current_database()")
+    admin = make_conninfo(dsn, dbname="postgres")
+    abandoned_before = metric("emon_store_rows_abandoned_total")
+    async with open_pool(dsn, min_size=1) as pool:
+        writer = PingWriter(
+            pool,
+            batch_timeout_seconds=0.3,
+            close_drain_timeout_seconds=1.0,
+            close_stop_timeout_seconds=2.0,
+        )
+        await execute(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+        try:
+            await _terminate_backends(admin, "application_name = 'emon'", database=dbname)
+            started = asyncio.get_running_loop().time()
+            async with writer:
+                for i in range(10):
+                    await writer.put(fix("dev-x", i), "subject-x")
+            # Bounded by the drain and stop timeouts, not by the outage.
+            assert asyncio.get_running_loop().time() - started < 3.5
+        finally:
+            await execute(admin, f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        with pytest.raises(StoreClosedError):
+            writer.try_put(fix("dev-x", 11), "subject-x")
+
+    assert metric("emon_store_rows_abandoned_total") - abandoned_before == 10
+    assert "ping writer stopped with 10 rows unwritten" in caplog.text
 
 
 # --------------------------------------------------------------------------- alerts

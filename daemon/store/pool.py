@@ -29,6 +29,11 @@ POOL_CLOSE_TIMEOUT_SECONDS = 5.0
 # Callers that wait longer than this for a connection get PoolTimeout (an error they
 # handle), not an unbounded stall.
 POOL_ACQUIRE_TIMEOUT_SECONDS = 10.0
+# How long the pool keeps retrying one lost connection (with exponential backoff)
+# before giving that slot up; the next checkout then starts a fresh attempt. The
+# default (5 min) lets the backoff grow to minutes, so writes would resume up to
+# minutes after the database is back; this caps that at well under a minute.
+POOL_RECONNECT_TIMEOUT_SECONDS = 30.0
 
 # Applied only where the DSN does not say otherwise. Keepalives make a silently
 # vanished server (network partition, failover) show up as an error within ~1 min
@@ -57,6 +62,7 @@ async def open_pool(
     open_timeout_seconds: float = POOL_OPEN_TIMEOUT_SECONDS,
     acquire_timeout_seconds: float = POOL_ACQUIRE_TIMEOUT_SECONDS,
     close_timeout_seconds: float = POOL_CLOSE_TIMEOUT_SECONDS,
+    reconnect_timeout_seconds: float = POOL_RECONNECT_TIMEOUT_SECONDS,
     name: str = "emon",
 ) -> AsyncIterator[Pool]:
     """Open a pool, wait until `min_size` connections work, close it on exit.
@@ -75,6 +81,7 @@ async def open_pool(
         open=False,
         name=name,
         timeout=acquire_timeout_seconds,
+        reconnect_timeout=reconnect_timeout_seconds,
         check=AsyncConnectionPool.check_connection,
     )
     try:

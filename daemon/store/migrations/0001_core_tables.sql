@@ -4,14 +4,20 @@
 -- All timestamps are timestamptz (stored as UTC). ids are text as in the pure core,
 -- except alert_id, which is always a uuid (uuid5, see alerts.model.alert_id_for) and
 -- is stored as one to halve its index.
+--
+-- Ids are opaque, so they use the "C" collation: byte comparison instead of the
+-- database's linguistic one (e.g. en_US.UTF-8). Maintaining the unique keys is
+-- most of the cost of writing a ping, and byte comparison made COPY into the keyed
+-- table 15-40% faster in bench runs (even against C.UTF-8); the order is also
+-- independent of the server's locale.
 
 -- One row per location ping. (device_id, ts) is the idempotency key: a QoS 1
--- redelivery or a replay of the same ping stores one row (the writer uses
--- ON CONFLICT DO NOTHING). With TimescaleDB a unique key must contain the time
+-- redelivery or a replay of the same ping stores one row (a batch that holds a
+-- stored key is inserted with ON CONFLICT DO NOTHING). With TimescaleDB a unique key must contain the time
 -- column, which this one does.
 CREATE TABLE pings (
-    device_id   text             NOT NULL,
-    subject_id  text             NOT NULL,
+    device_id   text COLLATE "C" NOT NULL,
+    subject_id  text COLLATE "C" NOT NULL,
     ts          timestamptz      NOT NULL,
     received_at timestamptz      NOT NULL,
     lat         double precision NOT NULL,
@@ -27,8 +33,8 @@ CREATE TABLE pings (
 -- device timestamp (strap_open + battery_low in one message), so type is part of
 -- the key.
 CREATE TABLE device_events (
-    device_id   text        NOT NULL,
-    subject_id  text        NOT NULL,
+    device_id   text COLLATE "C" NOT NULL,
+    subject_id  text COLLATE "C" NOT NULL,
     ts          timestamptz NOT NULL,
     received_at timestamptz NOT NULL,
     type        text        NOT NULL,
@@ -40,8 +46,8 @@ CREATE TABLE device_events (
 -- with an older updated_at never overwrites a newer one).
 CREATE TABLE alerts (
     alert_id         uuid        PRIMARY KEY,
-    subject_id       text        NOT NULL,
-    device_id        text        NOT NULL,
+    subject_id       text COLLATE "C" NOT NULL,
+    device_id        text COLLATE "C" NOT NULL,
     rule             text        NOT NULL,
     zone_id          text,
     tier             text        NOT NULL,
