@@ -103,9 +103,13 @@ class DeviceRules:
             return []
         latch.last_close = ts
         instance = ctx.rules.get(ctx.device_id, rule, None)
-        if instance is not None and instance.active and instance.since is not None:
-            if instance.since <= ts:
-                return ctx.set(rule, None, False, ts, evidence, close_text)
+        if (
+            instance is not None
+            and instance.active
+            and instance.since is not None
+            and instance.since <= ts
+        ):
+            return ctx.set(rule, None, False, ts, evidence, close_text)
         return []
 
     def power_implied_on(self, ctx: EvalContext, observation: Observation) -> list[Finding]:
@@ -157,10 +161,10 @@ class DeviceRules:
                 continue
             run = battery.runs.setdefault(rule, LevelRun())
             active = ctx.active(rule)
-            if level is None:
-                low = from_event and rule is RuleId.BATTERY_LOW
-            else:
-                low = level <= threshold
+            # A battery_low event without a usable level counts as "low", not "critical".
+            low = (
+                from_event and rule is RuleId.BATTERY_LOW if level is None else level <= threshold
+            )
             if low:
                 if run.count == 0:
                     run.since = ts

@@ -4,15 +4,15 @@ wolf. Pure: fixes and event times in, findings out.
 Each zone a subject is held to is a *track*: one `Membership` (confirmed presence with
 dwell) fed by every evaluated fix. The rules then read the tracks:
 
-| rule               | track                        | violating | in force                           |
-|--------------------|------------------------------|-----------|------------------------------------|
-| boundary_exit      | permitted zone               | outside   | always, except during leave        |
-| curfew_away        | home                         | outside   | curfew windows, except during leave|
-| inclusion_away     | scheduled place (work)       | outside   | its windows after grace, not leave |
-| leave_area_exit    | permitted + destination+route| outside   | during the leave                   |
-| exclusion_entry    | exclusion zone               | inside    | always or its schedule's windows   |
-| exclusion_approach | exclusion zone + band        | inside    | as its exclusion                   |
-| exclusion_crossed  | the segment between two fixes| crosses   | as its exclusion                   |
+| rule               | track                       | violating | in force                     |
+|--------------------|-----------------------------|-----------|------------------------------|
+| boundary_exit      | permitted zone              | outside   | always, except during leave  |
+| curfew_away        | home                        | outside   | curfew, except during leave  |
+| inclusion_away     | scheduled place (work)      | outside   | its windows after grace      |
+| leave_area_exit    | permitted+destination+route | outside   | during the leave             |
+| exclusion_entry    | exclusion zone              | inside    | always or its schedule       |
+| exclusion_approach | exclusion zone + band       | inside    | as its exclusion             |
+| exclusion_crossed  | segment between two fixes   | crosses   | as its exclusion             |
 
 Late fixes (older than the newest evaluated one) never move a track; they are audited for a
 violation the live stream missed, which is then reported as raised and cleared together.
@@ -21,7 +21,7 @@ violation the live stream missed, which is then reported as raised and cleared t
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -79,6 +79,23 @@ class _SubjectZones:
     keys: frozenset[str]  # membership keys of entry and approach tracks
     index: ZoneIndex
     max_band_m: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Texts:
+    """A zone rule's reasons. The distance to the edge is measured only when it is raised."""
+
+    zone: Zone
+    raised_by_fix: str
+    raised_by_clock: str
+    back: str
+    ended: str
+    edge_outside: bool = True
+
+    def raised(self, placed: PlacedFix | None) -> str:
+        if placed is None:
+            return self.raised_by_clock
+        return self.raised_by_fix + _edge_text(self.zone, placed, self.edge_outside)
 
 
 def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
@@ -249,49 +266,46 @@ class ZoneRules:
 
         permitted = subject.permitted_zone_id
         if permitted is not None:
-            zone = zones[permitted]
             findings += self._windowed(
                 ctx, RuleId.BOUNDARY_EXIT, permitted, permitted, boundary_window(subject),
-                Presence.OUTSIDE, at, evidence,
-                lambda: (
-                    f"Left permitted area {permitted}" + _edge_text(zone, placed, True)
-                    if placed is not None
-                    else f"Outside permitted area {permitted} when approved leave ended"
+                Presence.OUTSIDE, at, evidence, placed,
+                _Texts(
+                    zones[permitted],
+                    f"Left permitted area {permitted}",
+                    f"Outside permitted area {permitted} when approved leave ended",
+                    f"Back inside permitted area {permitted}",
+                    f"Approved leave began; permitted area {permitted} suspended",
                 ),
-                f"Back inside permitted area {permitted}",
-                f"Approved leave began; permitted area {permitted} suspended",
             )
 
         home = subject.home_zone_id
         curfew = curfew_window(subject, config.rules.curfew_grace_seconds)
         if home is not None and curfew is not None:
-            zone = zones[home]
             findings += self._windowed(
                 ctx, RuleId.CURFEW_AWAY, home, home, curfew, Presence.OUTSIDE, at, evidence,
-                lambda: (
-                    f"Away from home {home} during curfew" + _edge_text(zone, placed, True)
-                    if placed is not None
-                    else f"Away from home {home} when curfew began"
+                placed,
+                _Texts(
+                    zones[home],
+                    f"Away from home {home} during curfew",
+                    f"Away from home {home} when curfew began",
+                    f"Back home {home}",
+                    "Curfew ended (or approved leave began)",
                 ),
-                f"Back home {home}",
-                "Curfew ended (or approved leave began)",
             )
 
         for inclusion in subject.inclusions:
             zid = inclusion.zone_id
             schedule_id = inclusion.schedule.schedule_id
-            zone = zones[zid]
             findings += self._windowed(
                 ctx, RuleId.INCLUSION_AWAY, zid, zid, inclusion_window(subject, inclusion),
-                Presence.OUTSIDE, at, evidence,
-                lambda zid=zid, zone=zone, schedule_id=schedule_id: (
-                    f"Away from {zid} during schedule {schedule_id}"
-                    + _edge_text(zone, placed, True)
-                    if placed is not None
-                    else f"Not at {zid} when schedule {schedule_id} began (after its grace)"
+                Presence.OUTSIDE, at, evidence, placed,
+                _Texts(
+                    zones[zid],
+                    f"Away from {zid} during schedule {schedule_id}",
+                    f"Not at {zid} when schedule {schedule_id} began (after its grace)",
+                    f"At {zid} again",
+                    f"Schedule {schedule_id} ended (or approved leave began)",
                 ),
-                f"At {zid} again",
-                f"Schedule {schedule_id} ended (or approved leave began)",
             )
 
         for leave in subject.leaves:
@@ -300,16 +314,15 @@ class ZoneRules:
                 continue
             findings += self._windowed(
                 ctx, RuleId.LEAVE_AREA_EXIT, key, key, leave_window(leave), Presence.OUTSIDE,
-                at, evidence,
-                lambda leave=leave: (
+                at, evidence, placed,
+                _Texts(
+                    leave.area,
                     f"Left the approved leave area of {leave.leave_id} (destination "
-                    f"{leave.destination_zone_id} and route)"
-                    + _edge_text(leave.area, placed, True)
-                    if placed is not None
-                    else f"Outside the approved leave area of {leave.leave_id} when it began"
+                    f"{leave.destination_zone_id} and route)",
+                    f"Outside the approved leave area of {leave.leave_id} when it began",
+                    f"Back inside the approved leave area of {leave.leave_id}",
+                    f"Approved leave {leave.leave_id} ended",
                 ),
-                f"Back inside the approved leave area of {leave.leave_id}",
-                f"Approved leave {leave.leave_id} ended",
             )
 
         findings += self._exclusion_rules(ctx, at, placed, evidence)
@@ -331,30 +344,30 @@ class ZoneRules:
             entry = memberships[zone_id]
             findings += self._windowed(
                 ctx, RuleId.EXCLUSION_ENTRY, zone_id, zone_id, window, Presence.INSIDE, at,
-                evidence,
-                lambda zone_id=zone_id, zone=zone: (
-                    f"Entered exclusion zone {zone_id}" + _edge_text(zone, placed, False)
-                    if placed is not None
-                    else f"In exclusion zone {zone_id} when its schedule began"
+                evidence, placed,
+                _Texts(
+                    zone,
+                    f"Entered exclusion zone {zone_id}",
+                    f"In exclusion zone {zone_id} when its schedule began",
+                    f"Left exclusion zone {zone_id}",
+                    f"Schedule of exclusion zone {zone_id} ended",
+                    edge_outside=False,
                 ),
-                f"Left exclusion zone {zone_id}",
-                f"Schedule of exclusion zone {zone_id} ended",
             )
             band = memberships.get(approach_key(zone_id))
             if band is None:
                 continue
-            band_m = assignment.approach_m
             findings += self._windowed(
                 ctx, RuleId.EXCLUSION_APPROACH, zone_id, approach_key(zone_id), window,
-                Presence.INSIDE, at, evidence,
-                lambda zone_id=zone_id, zone=zone, band_m=band_m: (
-                    f"Near exclusion zone {zone_id} (within its {band_m:.0f} m warning band)"
-                    + _edge_text(zone, placed, True)
-                    if placed is not None
-                    else f"Near exclusion zone {zone_id} when its schedule began"
+                Presence.INSIDE, at, evidence, placed,
+                _Texts(
+                    zone,
+                    f"Near exclusion zone {zone_id} (within its "
+                    f"{assignment.approach_m:.0f} m warning band)",
+                    f"Near exclusion zone {zone_id} when its schedule began",
+                    f"Moved away from exclusion zone {zone_id}",
+                    f"Schedule of exclusion zone {zone_id} ended",
                 ),
-                f"Moved away from exclusion zone {zone_id}",
-                f"Schedule of exclusion zone {zone_id} ended",
                 raise_ok=_approach_may_raise(entry, band),
             )
         return findings
@@ -369,9 +382,8 @@ class ZoneRules:
         violating: Presence,
         at: datetime,
         evidence: dict[str, Any],
-        reason: Callable[[], str],
-        back_reason: str,
-        ended_reason: str,
+        placed: PlacedFix | None,
+        texts: _Texts,
         raise_ok: bool = True,
     ) -> list[Finding]:
         """A zone rule in force while `window_fn` says so.
@@ -388,15 +400,16 @@ class ZoneRules:
             window is not None and membership is not None and membership.confirmed is violating
         )
         if in_violation:
-            if active or not raise_ok:
+            if active or not raise_ok or window is None or membership is None:
                 return []
-            assert window is not None and membership is not None
             started = membership.confirmed_since or at
-            return ctx.set(rule, zone_id, True, max(window[0], started), evidence, reason())
+            return ctx.set(
+                rule, zone_id, True, max(window[0], started), evidence, texts.raised(placed)
+            )
         if instance is None or not active or instance.since is None:
             return []
         end = at
-        why = back_reason
+        why = texts.back
         if (
             membership is not None
             and membership.confirmed is not violating
@@ -405,9 +418,9 @@ class ZoneRules:
             end = min(end, membership.confirmed_since)
         raised_window = window_fn(instance.since)
         if raised_window is not None and raised_window != window and raised_window[1] <= end:
-            end, why = raised_window[1], ended_reason
+            end, why = raised_window[1], texts.ended
         elif window is None and (membership is None or membership.confirmed is violating):
-            why = ended_reason
+            why = texts.ended
         return ctx.set(rule, zone_id, False, max(end, instance.since), evidence, why)
 
     # ------------------------------------------------------------------ segment crossing
@@ -490,9 +503,9 @@ class ZoneRules:
         findings: list[Finding] = []
         candidates: list[tuple[Track, Presence, WindowFn]] = []
         for track in self.inclusion_tracks(config, subject, late[0].fix.ts):
-            window = self._track_window(config, subject, track)
-            if window is not None:
-                candidates.append((track, Presence.OUTSIDE, window))
+            track_window = self._track_window(config, subject, track)
+            if track_window is not None:
+                candidates.append((track, Presence.OUTSIDE, track_window))
         zones = self._zones_of(config, subject)
         entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
         seen: set[str] = set()
@@ -501,9 +514,9 @@ class ZoneRules:
             for zone in zones.index.near(*placed.xy, radius):
                 if zone.zone_id not in seen:
                     seen.add(zone.zone_id)
-                    window = exclusion_window(subject, zones.assignments[zone.zone_id])
+                    exclusion = exclusion_window(subject, zones.assignments[zone.zone_id])
                     track = Track(zone.zone_id, zone, RuleId.EXCLUSION_ENTRY)
-                    candidates.append((track, Presence.INSIDE, window))
+                    candidates.append((track, Presence.INSIDE, exclusion))
         for track, violating, window_fn in candidates:
             if (track.key, gap_start.fix.ts) in state.audited:
                 continue
@@ -512,11 +525,11 @@ class ZoneRules:
             if found is None:
                 continue
             start, end_ts, run = found
-            window = window_fn(start)
-            if window is None:
+            in_force = window_fn(start)
+            if in_force is None:
                 continue
             end = end_ts or (gap_end.fix.ts if gap_end is not None else now)
-            end = min(end, window[1])
+            end = min(end, in_force[1])
             zone_id = track.key
             instance = ctx.rules.get(ctx.device_id, track.rule, zone_id)
             if instance is not None and (instance.active or instance.overlaps(start, end)):
