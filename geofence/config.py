@@ -114,11 +114,24 @@ DEFAULT_DEVICE_THRESHOLDS: Mapping[DeviceKind, DeviceThresholds] = {
     ),
 }
 
-DEFAULT_ZONE_OVERRIDES: Mapping[RuleId, ZoneRuleParams] = {
-    RuleId.EXCLUSION_APPROACH: ZoneRuleParams(
-        dwell_fixes=DEFAULT_APPROACH_DWELL_FIXES, dwell_seconds=DEFAULT_APPROACH_DWELL_SECONDS
-    ),
+# Rules whose zone parameters differ from the shared ones by default (only these fields).
+DEFAULT_ZONE_OVERRIDES: Mapping[RuleId, Mapping[str, float]] = {
+    RuleId.EXCLUSION_APPROACH: {
+        "dwell_fixes": DEFAULT_APPROACH_DWELL_FIXES,
+        "dwell_seconds": DEFAULT_APPROACH_DWELL_SECONDS,
+    },
 }
+# The rules that judge presence in a zone, and so take zone parameters.
+ZONE_RULES: frozenset[RuleId] = frozenset(
+    {
+        RuleId.BOUNDARY_EXIT,
+        RuleId.CURFEW_AWAY,
+        RuleId.INCLUSION_AWAY,
+        RuleId.LEAVE_AREA_EXIT,
+        RuleId.EXCLUSION_ENTRY,
+        RuleId.EXCLUSION_APPROACH,
+    }
+)
 
 _NO_THRESHOLDS = DeviceThresholds()
 
@@ -126,9 +139,9 @@ _NO_THRESHOLDS = DeviceThresholds()
 @dataclass(frozen=True, slots=True)
 class RuleParams:
     zone: ZoneRuleParams = ZoneRuleParams()
-    # Per-rule dwell/margin where a rule needs its own (complete parameter sets).
-    zone_overrides: Mapping[RuleId, ZoneRuleParams] = field(
-        default_factory=lambda: dict(DEFAULT_ZONE_OVERRIDES)
+    # Per zone rule, the fields of `zone` it replaces (e.g. a longer dwell for approach).
+    zone_overrides: Mapping[RuleId, Mapping[str, float]] = field(
+        default_factory=lambda: {r: dict(f) for r, f in DEFAULT_ZONE_OVERRIDES.items()}
     )
     max_speed_mps: float = DEFAULT_MAX_SPEED_MPS
     max_consecutive_jump_rejections: int = DEFAULT_MAX_CONSECUTIVE_JUMP_REJECTIONS
@@ -139,12 +152,25 @@ class RuleParams:
     battery_hysteresis_pct: float = DEFAULT_BATTERY_HYSTERESIS_PCT
     battery_dwell_readings: int = DEFAULT_BATTERY_DWELL_READINGS
     tiers: Mapping[RuleId, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    _resolved: Mapping[RuleId, ZoneRuleParams] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        resolved: dict[RuleId, ZoneRuleParams] = {}
+        for rule, given in self.zone_overrides.items():
+            base = self.zone
+            resolved[rule] = ZoneRuleParams(
+                margin_m=float(given.get("margin_m", base.margin_m)),
+                dwell_fixes=int(given.get("dwell_fixes", base.dwell_fixes)),
+                dwell_seconds=float(given.get("dwell_seconds", base.dwell_seconds)),
+                max_accuracy_m=float(given.get("max_accuracy_m", base.max_accuracy_m)),
+            )
+        object.__setattr__(self, "_resolved", resolved)
 
     def tier(self, rule: RuleId) -> Tier:
         return self.tiers.get(rule, DEFAULT_TIERS[rule])
 
     def zone_params(self, rule: RuleId) -> ZoneRuleParams:
-        return self.zone_overrides.get(rule, self.zone)
+        return self._resolved.get(rule, self.zone)
 
     def thresholds(self, kind: DeviceKind) -> DeviceThresholds:
         return self.devices.get(kind, _NO_THRESHOLDS)

@@ -62,6 +62,15 @@ class LocalProjection:
     def forward_geometry(self, geom: BaseGeometry) -> BaseGeometry:
         return shapely.transform(geom, self.forward_array)
 
+    def inverse_array(self, coords: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = np.empty_like(coords)
+        out[:, 0] = coords[:, 0] / self._kx + self.lon0
+        out[:, 1] = coords[:, 1] / self._ky + self.lat0
+        return out
+
+    def inverse_geometry(self, geom: BaseGeometry) -> BaseGeometry:
+        return shapely.transform(geom, self.inverse_array)
+
     @classmethod
     def centred_on(cls, geoms: Iterable[BaseGeometry]) -> LocalProjection:
         bounds = [g.bounds for g in geoms if not g.is_empty]
@@ -94,7 +103,24 @@ class Zone:
         geometry_wgs84: BaseGeometry,
         projection: LocalProjection,
     ) -> Zone:
-        projected = projection.forward_geometry(geometry_wgs84)
+        return cls.from_projected(
+            zone_id, name, kind, projection.forward_geometry(geometry_wgs84), projection,
+            geometry_wgs84,
+        )
+
+    @classmethod
+    def from_projected(
+        cls,
+        zone_id: str,
+        name: str,
+        kind: ZoneKind,
+        projected: BaseGeometry,
+        projection: LocalProjection,
+        geometry_wgs84: BaseGeometry | None = None,
+    ) -> Zone:
+        """A zone built in metres (e.g. a route corridor buffered by its width)."""
+        if geometry_wgs84 is None:
+            geometry_wgs84 = projection.inverse_geometry(projected)
         boundary = projected.boundary
         # Prepared geometries make repeated contains/distance tests several times faster.
         shapely.prepare(projected)
