@@ -35,6 +35,7 @@ from daemon.store.errors import StoreError
 from daemon.store.migrations import migrate
 from daemon.store.pool import open_pool
 from daemon.store.writer import PingWriter
+from daemon.ticks import grid_ceil, grid_floor
 from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
@@ -171,9 +172,11 @@ class Daemon:
             )
             self.http_port = http.bound_port
             scheduler = AsyncIOScheduler(timezone="UTC")
+            tick_s = self._settings.tick_interval_seconds
             scheduler.add_job(
-                self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
-                id="emon-tick", max_instances=1, coalesce=True,
+                self._tick_job, "interval", seconds=tick_s, id="emon-tick",
+                max_instances=1, coalesce=True,
+                start_date=grid_ceil(datetime.now(UTC), tick_s),  # the grid replay uses
             )
             scheduler.start()
             try:
@@ -398,7 +401,9 @@ class Daemon:
 
     async def _tick_job(self) -> None:
         try:
-            transitions = self._pipeline.tick(datetime.now(UTC))
+            # Judged at the grid point this tick belongs to (daemon.ticks), as in replay.
+            now = grid_floor(datetime.now(UTC), self._settings.tick_interval_seconds)
+            transitions = self._pipeline.tick(now)
             if transitions:
                 await self._dispatch(transitions)
             self._export_engine_stats()
