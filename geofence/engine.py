@@ -128,11 +128,31 @@ class Engine:
         placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
         if last is not None and self._implausible(ctx, placed, last):
             return []
+        findings = self._settle_late(ctx, now)
         previous = PlacedFix(last, state.last_xy) if last and state.last_xy else None
         state.last_fix, state.last_xy = fix, placed.xy
         state.history.append(placed)
         self.stats["fix_evaluated"] += 1
-        return self._zone_rules.on_fix(ctx, placed, previous)
+        return findings + self._zone_rules.on_fix(ctx, placed, previous)
+
+    def _settle_late(self, ctx: EvalContext, now: datetime) -> list[Finding]:
+        """A new in-order fix: the backlogs before it are complete; report the violations
+        they showed that had not ended within them."""
+        state = ctx.state
+        if not state.late_open:
+            return []
+        findings: list[Finding] = []
+        keys = [p.fix.ts for p in state.history]
+        for gap_start_ts in sorted(state.late_open):
+            index = bisect.bisect_left(keys, gap_start_ts)
+            if index >= len(keys) or keys[index] != gap_start_ts:
+                continue  # fell out of the history
+            gap_end = state.history[index + 1] if index + 1 < len(keys) else None
+            findings += self._zone_rules.on_late_fix(
+                ctx, state.history[index], gap_end, now, final=True
+            )
+        state.late_open.clear()
+        return findings
 
     def _plausible(self, a: LocationFix, a_xy: tuple[float, float], b: PlacedFix) -> bool:
         elapsed_s = abs((b.fix.ts - a.ts).total_seconds())

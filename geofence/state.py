@@ -116,6 +116,7 @@ class DeviceState:
     history: deque[PlacedFix] = field(default_factory=lambda: deque(maxlen=HISTORY_FIXES))
     late: dict[datetime, list[PlacedFix]] = field(default_factory=dict)
     audited: set[tuple[str, datetime]] = field(default_factory=set)
+    late_open: set[datetime] = field(default_factory=set)  # gaps with a violation not yet ended
     # Device events.
     strap: Latch = field(default_factory=Latch)
     case: Latch = field(default_factory=Latch)

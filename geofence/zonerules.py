@@ -489,11 +489,21 @@ class ZoneRules:
     # ------------------------------------------------------------------ late fixes
 
     def on_late_fix(
-        self, ctx: EvalContext, gap_start: PlacedFix, gap_end: PlacedFix | None, now: datetime
+        self,
+        ctx: EvalContext,
+        gap_start: PlacedFix,
+        gap_end: PlacedFix | None,
+        now: datetime,
+        final: bool = False,
     ) -> list[Finding]:
         """Audit the late fixes that fell between two evaluated fixes for a violation the
         live stream missed (a visit during a coverage gap). Never moves a track; a violation
-        already reported, or overlapping one, is not reported again."""
+        already reported, or overlapping one, is not reported again.
+
+        A violation is reported once its end is known from the late fixes themselves (a
+        later late fix back on the right side). While the backlog is still arriving and the
+        late fixes end on the wrong side, it waits (`DeviceState.late_open`); the next
+        in-order fix settles it with `final`, ending it at the evaluated fix after the gap."""
         state = ctx.state
         late = state.late.get(gap_start.fix.ts, [])
         if not late:
@@ -528,7 +538,10 @@ class ZoneRules:
             in_force = window_fn(start)
             if in_force is None:
                 continue
-            end = end_ts or (gap_end.fix.ts if gap_end is not None else now)
+            if end_ts is None and not final:
+                state.late_open.add(gap_start.fix.ts)
+                continue
+            end = end_ts or (gap_end.fix.ts if gap_end is not None else run[-1].fix.ts)
             end = min(end, in_force[1])
             zone_id = track.key
             instance = ctx.rules.get(ctx.device_id, track.rule, zone_id)
