@@ -129,7 +129,7 @@ class Engine:
         if last is not None and self._implausible(ctx, placed, last):
             return []
         findings = self._settle_late(ctx, now)
-        previous = PlacedFix(last, state.last_xy) if last and state.last_xy else None
+        previous = state.history[-1] if state.history else None
         state.last_fix, state.last_xy = fix, placed.xy
         state.history.append(placed)
         self.stats["fix_evaluated"] += 1

@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+import shapely
+from shapely.geometry.base import BaseGeometry
+
 from alerts.model import Finding, FindingKind, RuleId
 from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleParams
 from geofence.observation import DeviceKind, LocationFix
@@ -85,10 +89,15 @@ class BatteryState:
 
 @dataclass(frozen=True, slots=True)
 class PlacedFix:
-    """A fix with its projected position (metres in the config's projection)."""
+    """A fix with its projected position (metres in the config's projection) and that
+    position as a shapely point, built once: every zone test of the fix reuses it."""
 
     fix: LocationFix
     xy: tuple[float, float]
+    point: BaseGeometry = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "point", shapely.points(np.asarray(self.xy, dtype=float)))
 
 
 @dataclass(slots=True)

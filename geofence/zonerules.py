@@ -21,6 +21,7 @@ violation the live stream missed, which is then reported as raised and cleared t
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -101,7 +102,7 @@ class _Texts:
 def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
     if placed is None:
         return ""
-    signed = zone.signed_distance_m(*placed.xy)
+    signed = zone.signed_distance_m(*placed.xy, placed.point)
     side = "outside" if outside else "inside"
     return (
         f": {abs(signed):,.0f} m {side} its edge (accuracy {placed.fix.accuracy_m:.0f} m)"
@@ -110,7 +111,9 @@ def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
 
 def _inclusion_presence(zone: Zone, placed: PlacedFix, params: ZoneRuleParams) -> Presence:
     accuracy = placed.fix.accuracy_m
-    signed = zone.signed_distance_capped_m(*placed.xy, accuracy + params.margin_m)
+    signed = zone.signed_distance_capped_m(
+        *placed.xy, accuracy + params.margin_m, placed.point
+    )
     return inclusion_presence(signed, accuracy, params.margin_m)
 
 
@@ -123,7 +126,7 @@ def _exclusion_presences(
 ) -> tuple[Presence, Presence | None]:
     accuracy = placed.fix.accuracy_m
     cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
-    signed = zone.signed_distance_capped_m(*placed.xy, cap)
+    signed = zone.signed_distance_capped_m(*placed.xy, cap, placed.point)
     inside = exclusion_presence(signed, accuracy, entry.margin_m, entry.max_accuracy_m)
     if band_m <= 0.0:
         return inside, None
@@ -209,7 +212,10 @@ class ZoneRules:
         entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
         approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
         radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
-        for zone in zones.index.near(*placed.xy, radius):
+        x, y = placed.xy
+        # Bounding-box candidates: a zone left out is clear of the circle, margin and band;
+        # one let in is measured exactly below.
+        for zone in zones.index.candidates(x - radius, y - radius, x + radius, y + radius):
             assignment = zones.assignments[zone.zone_id]
             inside, near = _exclusion_presences(zone, placed, entry, approach,
                                                 assignment.approach_m)
@@ -443,6 +449,8 @@ class ZoneRules:
         gap_s = gap.total_seconds()
         if not 0.0 < gap_s <= crossing.max_gap_seconds:
             return []
+        if math.dist(previous.xy, current.xy) < crossing.min_chord_m:
+            return []  # too short a segment to run min_chord_m through anything
         if max(previous.fix.accuracy_m, current.fix.accuracy_m) > entry.max_accuracy_m:
             return []
         findings: list[Finding] = []
@@ -595,7 +603,7 @@ def _violating_run(
     for placed in fixes:
         if track.rule is RuleId.EXCLUSION_ENTRY:
             presence = exclusion_presence(
-                track.zone.signed_distance_m(*placed.xy), placed.fix.accuracy_m,
+                track.zone.signed_distance_m(*placed.xy, placed.point), placed.fix.accuracy_m,
                 params.margin_m, params.max_accuracy_m,
             )
         else:

@@ -20,6 +20,13 @@ from shapely.geometry.base import BaseGeometry
 EARTH_RADIUS_M = 6_371_008.8
 # How far past the cap `Zone.signed_distance_capped_m` reports a point it did not measure.
 BEYOND_CAP_M = 1.0
+# Zones with more vertices than this get shrunk/grown copies SHORTCUT_M inside and outside
+# their edge: fixes with accuracy plus margin under 200 m then never measure the edge.
+SHORTCUT_MIN_VERTICES = 64
+SHORTCUT_M = 200.0
+# Up to this many zones, a linear scan of bounding boxes beats an STRtree query (whose
+# fixed cost is tens of microseconds); above it the tree keeps the cost logarithmic.
+LINEAR_SCAN_MAX_ZONES = 32
 
 
 class ZoneKind(StrEnum):
@@ -93,6 +100,12 @@ class Zone:
     geometry_wgs84: BaseGeometry
     geometry_m: BaseGeometry = field(compare=False)
     boundary_m: BaseGeometry = field(compare=False)
+    bounds_m: tuple[float, float, float, float] = field(compare=False, default=(0, 0, 0, 0))
+    # For zones with long boundaries (districts): the zone shrunk and grown by SHORTCUT_M,
+    # prepared. A point in the first, or outside the second, is that far from the edge
+    # without measuring the distance to thousands of vertices.
+    inner_m: BaseGeometry | None = field(compare=False, default=None)
+    outer_m: BaseGeometry | None = field(compare=False, default=None)
 
     @classmethod
     def build(
@@ -125,27 +138,50 @@ class Zone:
         # Prepared geometries make repeated contains/distance tests several times faster.
         shapely.prepare(projected)
         shapely.prepare(boundary)
-        return cls(zone_id, name, kind, geometry_wgs84, projected, boundary)
+        inner = outer = None
+        if shapely.get_num_coordinates(projected) > SHORTCUT_MIN_VERTICES:
+            inner = shapely.buffer(projected, -SHORTCUT_M)
+            outer = shapely.buffer(projected, SHORTCUT_M)
+            shapely.prepare(inner)
+            shapely.prepare(outer)
+        bounds = tuple(float(b) for b in projected.bounds)
+        return cls(
+            zone_id, name, kind, geometry_wgs84, projected, boundary,
+            (bounds[0], bounds[1], bounds[2], bounds[3]), inner, outer,
+        )
 
-    def signed_distance_m(self, x: float, y: float) -> float:
+    def signed_distance_m(self, x: float, y: float, point: BaseGeometry | None = None) -> float:
         """Distance from the point to the zone's edge: negative inside, positive outside."""
-        point = shapely.Point(x, y)
-        edge_distance = float(shapely.distance(self.boundary_m, point))
+        if point is None:
+            point = shapely.Point(x, y)
+        edge_distance = float(self.boundary_m.distance(point))
         return -edge_distance if self.geometry_m.contains(point) else edge_distance
 
-    def signed_distance_capped_m(self, x: float, y: float, cap_m: float) -> float:
+    def signed_distance_capped_m(
+        self, x: float, y: float, cap_m: float, point: BaseGeometry | None = None
+    ) -> float:
         """`signed_distance_m` when the point is within `cap_m` of the edge; otherwise a value
         beyond the cap with the right sign (the exact figure cannot change a presence test
         whose thresholds are all within the cap).
 
-        A district boundary has thousands of vertices; the prepared within-distance test
-        skips the exact distance for the common fix far from every edge."""
-        point = shapely.Point(x, y)
+        Cheap answers first: a point whose distance to the bounding box exceeds the cap is
+        outside by more than the cap (plain arithmetic); for a district, the prepared shrunk
+        and grown copies answer for points far from the edge."""
+        min_x, min_y, max_x, max_y = self.bounds_m
+        dx = max(min_x - x, 0.0, x - max_x)
+        dy = max(min_y - y, 0.0, y - max_y)
+        beyond = cap_m + BEYOND_CAP_M
+        if dx * dx + dy * dy > cap_m * cap_m:
+            return beyond
+        if point is None:
+            point = shapely.Point(x, y)
         inside = bool(self.geometry_m.contains(point))
-        if not shapely.dwithin(self.boundary_m, point, cap_m):
-            beyond = cap_m + BEYOND_CAP_M
-            return -beyond if inside else beyond
-        edge_distance = float(shapely.distance(self.boundary_m, point))
+        if cap_m < SHORTCUT_M and self.inner_m is not None and self.outer_m is not None:
+            if inside and self.inner_m.contains(point):
+                return -beyond
+            if not inside and not self.outer_m.contains(point):
+                return beyond
+        edge_distance = float(self.boundary_m.distance(point))
         return -edge_distance if inside else edge_distance
 
     def chord(self, start: tuple[float, float], end: tuple[float, float]) -> Chord | None:
@@ -202,6 +238,20 @@ class ZoneIndex:
         self._zones = tuple(zones)
         self._tree = shapely.STRtree([z.geometry_m for z in self._zones])
 
+    def candidates(
+        self, min_x: float, min_y: float, max_x: float, max_y: float
+    ) -> list[Zone]:
+        """Zones whose bounding box meets the box: a superset of the zones that can matter
+        there, found by a linear scan for few zones and by the STRtree for many."""
+        if len(self._zones) <= LINEAR_SCAN_MAX_ZONES:
+            return [
+                z for z in self._zones
+                if z.bounds_m[0] <= max_x and min_x <= z.bounds_m[2]
+                and z.bounds_m[1] <= max_y and min_y <= z.bounds_m[3]
+            ]
+        hits = self._tree.query(shapely.box(min_x, min_y, max_x, max_y))
+        return [self._zones[int(i)] for i in sorted(hits)]
+
     def __len__(self) -> int:
         return len(self._zones)
 
@@ -213,8 +263,13 @@ class ZoneIndex:
         return [self._zones[int(i)] for i in sorted(hits)]
 
     def crossed_by(self, start: tuple[float, float], end: tuple[float, float]) -> list[Zone]:
-        """Zones the straight segment start->end touches (candidates for segment crossing)."""
-        if not self._zones:
-            return []
+        """Zones the straight segment start->end may run through: the STRtree queried with
+        the segment itself (for few zones, their bounding boxes; `Zone.chord` decides)."""
+        boxed = self.candidates(
+            min(start[0], end[0]), min(start[1], end[1]),
+            max(start[0], end[0]), max(start[1], end[1]),
+        )
+        if len(self._zones) <= LINEAR_SCAN_MAX_ZONES or not boxed:
+            return boxed
         hits = self._tree.query(shapely.LineString([start, end]), predicate="intersects")
         return [self._zones[int(i)] for i in sorted(hits)]
