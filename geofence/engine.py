@@ -130,6 +130,8 @@ class Engine:
             return []
         findings = self._settle_late(ctx, now)
         previous = state.history[-1] if state.history else None
+        if previous is not None and not self._plausible(previous.fix, previous.xy, placed):
+            previous = None  # followed again after a jump: no straight path from the outlier
         state.last_fix, state.last_xy = fix, placed.xy
         state.history.append(placed)
         self.stats["fix_evaluated"] += 1
