@@ -255,12 +255,14 @@ class DeviceRules:
         evidence = {**_wire(observation), "received_at": now.isoformat()}
         silence_instance = ctx.rules.get(ctx.device_id, RuleId.DEVICE_SILENT, None)
         was_silent = silence_instance is not None and silence_instance.active
+        recovered = f"Device {ctx.device_id} heard from again"
+        if state.last_arrival is not None:
+            quiet_min = (now - state.last_arrival).total_seconds() / 60.0
+            recovered += f" after {quiet_min:.0f} min without a message"
         if was_silent and silence_instance is not None and silence_instance.since is not None:
-            silent_min = (now - silence_instance.since).total_seconds() / 60.0
             findings += ctx.set(
                 RuleId.DEVICE_SILENT, None, False, max(now, silence_instance.since), evidence,
-                f"Device {ctx.device_id} heard from again ({silent_min:.0f} min after the "
-                "silence alert)",
+                recovered,
             )
         elif (
             thresholds.silence_seconds is not None
@@ -273,8 +275,7 @@ class DeviceRules:
                 was_silent = True
                 findings += ctx.pulse(
                     RuleId.DEVICE_SILENT, None, deadline, now,
-                    self._silence_evidence(ctx), self._silence_reason(ctx),
-                    evidence, f"Device {ctx.device_id} heard from again",
+                    self._silence_evidence(ctx), self._silence_reason(ctx), evidence, recovered,
                 )
 
         if self._gnss_usable(ctx, observation):

@@ -95,6 +95,14 @@ class Engine:
         state = self._devices.setdefault(observation.device_id, DeviceState())
         ctx = self._context(observation.device_id, state)
         assert ctx is not None
+        if isinstance(observation, DeviceEvent):
+            self.stats["events"] += 1
+        if self._is_duplicate(state, observation):
+            # A QoS 1 redelivery (possibly by the broker after a restart): stored once by the
+            # shell, judged once here, and no sign of life from the device either.
+            self.stats["fix_duplicate" if isinstance(observation, LocationFix)
+                       else "event_duplicate"] += 1
+            return []
         findings, was_silent = self._device_rules.on_arrival(ctx, observation, now)
         findings += self._device_rules.power_implied_on(ctx, observation)
         if state.last_seen is None or observation.ts > state.last_seen:
@@ -113,17 +121,25 @@ class Engine:
         return findings
 
     def _observe_event(self, ctx: EvalContext, event: DeviceEvent) -> list[Finding]:
-        self.stats["events"] += 1
+        ctx.state.recent_events.append((event.ts, event.type))
         return self._device_rules.on_event(ctx, event)
+
+    @staticmethod
+    def _is_duplicate(state: DeviceState, observation: Observation) -> bool:
+        if isinstance(observation, DeviceEvent):
+            return (observation.ts, observation.type) in state.recent_events
+        newest = state.newest_fix_ts
+        if newest is None or observation.ts > newest:
+            return False  # the common case: newer than any fix seen
+        return observation.ts in state.recent_fix_ts
 
     def _observe_fix(self, ctx: EvalContext, fix: LocationFix, now: datetime) -> list[Finding]:
         state = ctx.state
+        state.recent_fix_ts.append(fix.ts)
+        if state.newest_fix_ts is None or fix.ts > state.newest_fix_ts:
+            state.newest_fix_ts = fix.ts
         last = state.last_fix
         if last is not None and fix.ts <= last.ts:
-            if fix.ts == last.ts:
-                # A QoS 1 redelivery: stored once by the shell, judged once here.
-                self.stats["fix_duplicate"] += 1
-                return []
             return self._observe_late(ctx, fix, now)
         placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
         if last is not None and self._implausible(ctx, placed, last):
@@ -194,9 +210,6 @@ class Engine:
         history = state.history
         keys = [p.fix.ts for p in history]
         index = bisect.bisect_left(keys, fix.ts)
-        if index < len(keys) and keys[index] == fix.ts:
-            self.stats["fix_duplicate"] += 1
-            return []
         self.stats["fix_late"] += 1
         horizon = timedelta(seconds=self._config.rules.late_horizon_seconds)
         if index == 0 or last.ts - fix.ts > horizon or index >= len(history):
@@ -204,9 +217,6 @@ class Engine:
             return []
         gap_start, gap_end = history[index - 1], history[index]
         late = state.late.setdefault(gap_start.fix.ts, [])
-        if any(p.fix.ts == fix.ts for p in late):
-            self.stats["fix_late_duplicate"] += 1
-            return []
         placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
         neighbours = [gap_start, gap_end, *late]
         if not any(self._plausible(p.fix, p.xy, placed) for p in neighbours):
@@ -223,27 +233,53 @@ class Engine:
 
     def tick(self, now: datetime) -> list[Finding]:
         """Wake the time-driven rules that are due by `now` (silence, GNSS lost, schedule
-        windows and leave opening or closing)."""
-        findings: list[Finding] = []
+        windows and leave opening or closing).
+
+        The due moments of all woken devices are judged in one order, by time and then
+        device id, so the outcome is the same whether they fall due in one tick or in
+        several (a subject's condition is held by whichever device raised it first)."""
+        due: list[EvalContext] = []
         wakeups = self._wakeups
         while wakeups and wakeups[0][0] <= now:
-            due, device_id = heapq.heappop(wakeups)
+            at, device_id = heapq.heappop(wakeups)
             state = self._devices.get(device_id)
-            if state is None or state.scheduled_at != due:
+            if state is None or state.scheduled_at != at:
                 continue  # superseded by an earlier wake-up
             state.scheduled_at = None
             ctx = self._context(device_id, state)
-            if ctx is None:
-                continue
-            findings += self._device_rules.on_tick(ctx, now)
-            device_now = self._device_now(state, now)
-            while state.last_fix is not None:
-                boundary = self._next_boundary(ctx)
-                if boundary > device_now:
-                    break
-                findings += self._zone_rules.on_time(ctx, boundary)
+            if ctx is not None:
+                due.append(ctx)
+        work: list[tuple[datetime, str, int]] = []
+        for index, ctx in enumerate(due):
+            moment = self._next_moment(ctx, now)
+            if moment is not None:
+                heapq.heappush(work, (moment, ctx.device_id, index))
+        findings: list[Finding] = []
+        while work:
+            moment, _, index = heapq.heappop(work)
+            ctx = due[index]
+            findings += self._device_rules.on_tick(ctx, moment)
+            if ctx.state.last_fix is not None and self._next_boundary(ctx) <= moment:
+                findings += self._zone_rules.on_time(ctx, self._next_boundary(ctx))
+            following = self._next_moment(ctx, now)
+            if following is not None and following > moment:
+                heapq.heappush(work, (following, ctx.device_id, index))
+        for ctx in due:
             self._reschedule(ctx, after=now)
         return findings
+
+    def _next_moment(self, ctx: EvalContext, now: datetime) -> datetime | None:
+        """The earliest moment at or before `now` (on the device's own clock for schedules)
+        at which one of this device's time-driven rules is due, if any."""
+        candidates: list[datetime] = []
+        liveness = self._device_rules.deadline(ctx)
+        if liveness is not None and liveness <= now:
+            candidates.append(liveness)
+        if ctx.state.last_fix is not None and ctx.subject.has_time_rules:
+            boundary = self._next_boundary(ctx)
+            if boundary <= self._device_now(ctx.state, now):
+                candidates.append(boundary)
+        return min(candidates, default=None)
 
     @staticmethod
     def _lag(state: DeviceState) -> timedelta:

@@ -17,7 +17,7 @@ from shapely.geometry.base import BaseGeometry
 
 from alerts.model import Finding, FindingKind, RuleId
 from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleParams
-from geofence.observation import DeviceKind, LocationFix
+from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
 
 # Evaluated fixes remembered per device to place late fixes between their neighbours: two
@@ -26,6 +26,9 @@ HISTORY_FIXES = 128
 # Violation intervals remembered per rule instance, so a late audit never repeats a
 # violation the live stream already reported.
 RECENT_INTERVALS = 16
+# Fixes and events remembered per device to recognise a redelivery.
+RECENT_FIXES = 256
+RECENT_EVENTS = 64
 
 
 @dataclass(slots=True)
@@ -126,7 +129,13 @@ class DeviceState:
     late: dict[datetime, list[PlacedFix]] = field(default_factory=dict)
     audited: set[tuple[str, datetime]] = field(default_factory=set)
     late_open: set[datetime] = field(default_factory=set)  # gaps with a violation not yet ended
-    # Device events.
+    # Event times of the recent fixes of any kind (judged, rejected, late): a redelivery.
+    recent_fix_ts: deque[datetime] = field(default_factory=lambda: deque(maxlen=RECENT_FIXES))
+    newest_fix_ts: datetime | None = None
+    # Device events (the recent ones, to know a redelivery).
+    recent_events: deque[tuple[datetime, DeviceEventType]] = field(
+        default_factory=lambda: deque(maxlen=RECENT_EVENTS)
+    )
     strap: Latch = field(default_factory=Latch)
     case: Latch = field(default_factory=Latch)
     power: Latch = field(default_factory=Latch)
