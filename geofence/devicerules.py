@@ -78,7 +78,7 @@ class DeviceRules:
             level = _event_level(event)
             if level is None and BATTERY_LEVEL_ATTRIBUTE in event.attributes:
                 ctx.stats["battery_level_unusable"] += 1
-            return self.on_battery(ctx, event.ts, level, _wire(event), from_event=True)
+            return self.on_battery(ctx, event.ts, level, event, from_event=True)
         if event.type in (DeviceEventType.CHARGER_CONNECTED, DeviceEventType.CHARGER_DISCONNECTED):
             return self._charger(ctx, event)
         return []  # check-ins are for the reporting rules (issue 5)
@@ -134,7 +134,7 @@ class DeviceRules:
         ctx: EvalContext,
         ts: datetime,
         level: float | None,
-        evidence: dict[str, Any],
+        source: Observation,
         *,
         from_event: bool,
     ) -> list[Finding]:
@@ -178,7 +178,7 @@ class DeviceRules:
                     continue  # the critical alert already says it
                 shown = f"{level:.0f} %" if level is not None else "low (device event)"
                 findings += ctx.set(
-                    rule, None, True, run.since, evidence,
+                    rule, None, True, run.since, _wire(source),
                     f"Battery of device {ctx.device_id} at {shown} "
                     f"(threshold {threshold:.0f} %)",
                 )
@@ -191,7 +191,7 @@ class DeviceRules:
                     and level >= threshold + params.battery_hysteresis_pct
                 ):
                     findings += ctx.set(
-                        rule, None, False, ts, evidence,
+                        rule, None, False, ts, _wire(source),
                         f"Battery of device {ctx.device_id} back to {level:.0f} %",
                     )
         return findings
@@ -252,17 +252,24 @@ class DeviceRules:
         state = ctx.state
         thresholds = ctx.thresholds
         findings: list[Finding] = []
-        evidence = {**_wire(observation), "received_at": now.isoformat()}
         silence_instance = ctx.rules.get(ctx.device_id, RuleId.DEVICE_SILENT, None)
         was_silent = silence_instance is not None and silence_instance.active
-        recovered = f"Device {ctx.device_id} heard from again"
-        if state.last_arrival is not None:
-            quiet_min = (now - state.last_arrival).total_seconds() / 60.0
-            recovered += f" after {quiet_min:.0f} min without a message"
+        previous_arrival = state.last_arrival
+
+        def evidence() -> dict[str, Any]:  # built only when a finding is emitted
+            return {**_wire(observation), "received_at": now.isoformat()}
+
+        def recovered() -> str:
+            text = f"Device {ctx.device_id} heard from again"
+            if previous_arrival is not None:
+                quiet_min = (now - previous_arrival).total_seconds() / 60.0
+                text += f" after {quiet_min:.0f} min without a message"
+            return text
+
         if was_silent and silence_instance is not None and silence_instance.since is not None:
             findings += ctx.set(
-                RuleId.DEVICE_SILENT, None, False, max(now, silence_instance.since), evidence,
-                recovered,
+                RuleId.DEVICE_SILENT, None, False, max(now, silence_instance.since), evidence(),
+                recovered(),
             )
         elif (
             thresholds.silence_seconds is not None
@@ -275,7 +282,8 @@ class DeviceRules:
                 was_silent = True
                 findings += ctx.pulse(
                     RuleId.DEVICE_SILENT, None, deadline, now,
-                    self._silence_evidence(ctx), self._silence_reason(ctx), evidence, recovered,
+                    self._silence_evidence(ctx), self._silence_reason(ctx), evidence(),
+                    recovered(),
                 )
 
         if self._gnss_usable(ctx, observation):
@@ -283,7 +291,7 @@ class DeviceRules:
                 instance = ctx.rules.get(ctx.device_id, RuleId.GNSS_LOST, None)
                 since = instance.since if instance is not None and instance.since else now
                 findings += ctx.set(
-                    RuleId.GNSS_LOST, None, False, max(now, since), evidence,
+                    RuleId.GNSS_LOST, None, False, max(now, since), evidence(),
                     f"GNSS fix from device {ctx.device_id} again",
                 )
             elif (
@@ -296,7 +304,7 @@ class DeviceRules:
                 if now >= deadline and not was_silent and not self._gnss_loss_explained(ctx):
                     findings += ctx.pulse(
                         RuleId.GNSS_LOST, None, deadline, now,
-                        self._gnss_evidence(ctx), self._gnss_reason(ctx), evidence,
+                        self._gnss_evidence(ctx), self._gnss_reason(ctx), evidence(),
                         f"GNSS fix from device {ctx.device_id} again",
                     )
             state.gnss_ref_arrival = now

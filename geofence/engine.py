@@ -69,6 +69,7 @@ class Engine:
         for device_id, state in self._devices.items():
             state.next_boundary = None
             state.scheduled_at = None
+            state.judge_all = True
             ctx = self._context(device_id, state)
             if ctx is not None:
                 self._reschedule(ctx, after=None)
@@ -110,8 +111,7 @@ class Engine:
         if isinstance(observation, LocationFix):
             if observation.battery_pct is not None:
                 findings += self._device_rules.on_battery(
-                    ctx, observation.ts, observation.battery_pct,
-                    {"ping": observation.to_wire()}, from_event=False,
+                    ctx, observation.ts, observation.battery_pct, observation, from_event=False
                 )
             findings += self._observe_fix(ctx, observation, now)
         else:
@@ -151,7 +151,9 @@ class Engine:
         state.last_fix, state.last_xy = fix, placed.xy
         state.history.append(placed)
         self.stats["fix_evaluated"] += 1
-        return findings + self._zone_rules.on_fix(ctx, placed, previous)
+        # Has a schedule window or leave opened or closed since the rules were last judged?
+        boundary_passed = state.clock is None or fix.ts >= self._next_boundary(ctx)
+        return findings + self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
 
     def _settle_late(self, ctx: EvalContext, now: datetime) -> list[Finding]:
         """A new in-order fix: the backlogs before it are complete; report the violations

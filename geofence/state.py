@@ -118,6 +118,7 @@ class DeviceState:
     # Time-driven zone rules have been evaluated up to this event time (never backwards).
     clock: datetime | None = None
     next_boundary: datetime | None = None
+    judge_all: bool = True  # judge every zone rule at the next fix (new device or config)
     # Arrival clock (liveness): when we last heard anything, and the GNSS reference.
     last_arrival: datetime | None = None
     gnss_ref_arrival: datetime | None = None

@@ -29,6 +29,7 @@ from typing import Any
 
 from alerts.model import Finding, RuleId
 from geofence.config import CoreConfig, ExclusionAssignment, SubjectSpec, ZoneRuleParams
+from geofence.observation import LocationFix
 from geofence.state import EvalContext, Membership, PlacedFix
 from geofence.windows import (
     WindowFn,
@@ -97,6 +98,10 @@ class _Texts:
         if placed is None:
             return self.raised_by_clock
         return self.raised_by_fix + _edge_text(self.zone, placed, self.edge_outside)
+
+
+def _ping(fix: LocationFix | None) -> dict[str, Any]:
+    return {"ping": fix.to_wire()} if fix is not None else {}
 
 
 def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
@@ -196,19 +201,21 @@ class ZoneRules:
                 tracks.append(Track(leave_key(leave.leave_id), leave.area, RuleId.LEAVE_AREA_EXIT))
         return tracks
 
-    def _update_tracks(self, ctx: EvalContext, placed: PlacedFix) -> set[str]:
-        """Feed one in-order fix to every track; returns the exclusion keys it measured."""
+    def _update_tracks(self, ctx: EvalContext, placed: PlacedFix) -> bool:
+        """Feed one in-order fix to every track; True if any confirmed or pending presence
+        changed (otherwise no zone rule can change at this fix)."""
         config, subject, state = ctx.config, ctx.subject, ctx.state
         rules = config.rules
         ts = placed.fix.ts
+        changed = False
         for track in self.inclusion_tracks(config, subject, ts):
             params = rules.zone_params(track.rule)
             presence = _inclusion_presence(track.zone, placed, params)
-            state.memberships.setdefault(track.key, Membership()).observe(presence, ts, params)
+            changed |= _feed(state.memberships, track.key, presence, ts, params)
         measured: set[str] = set()
         zones = self._zones_of(config, subject)
         if not zones.assignments:
-            return measured
+            return changed
         entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
         approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
         radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
@@ -219,27 +226,35 @@ class ZoneRules:
             assignment = zones.assignments[zone.zone_id]
             inside, near = _exclusion_presences(zone, placed, entry, approach,
                                                 assignment.approach_m)
-            state.memberships.setdefault(zone.zone_id, Membership()).observe(inside, ts, entry)
+            changed |= _feed(state.memberships, zone.zone_id, inside, ts, entry)
             measured.add(zone.zone_id)
             if near is not None:
                 key = approach_key(zone.zone_id)
-                state.memberships.setdefault(key, Membership()).observe(near, ts, approach)
+                changed |= _feed(state.memberships, key, near, ts, approach)
                 measured.add(key)
         # Zones the index did not return are clear of the whole circle, band and margin.
-        for key, membership in state.memberships.items():
+        for key in list(state.memberships):
             if key in zones.keys and key not in measured:
                 params = approach if key.endswith(APPROACH_SUFFIX) else entry
-                membership.observe(Presence.OUTSIDE, ts, params)
-        return measured
+                changed |= _feed(state.memberships, key, Presence.OUTSIDE, ts, params)
+        return changed
 
     # ------------------------------------------------------------------ entry points
 
     def on_fix(
-        self, ctx: EvalContext, placed: PlacedFix, previous: PlacedFix | None
+        self,
+        ctx: EvalContext,
+        placed: PlacedFix,
+        previous: PlacedFix | None,
+        window_may_have_changed: bool = True,
     ) -> list[Finding]:
         """An in-order, plausible fix: update the tracks, look for a crossing since the
-        previous fix, then judge every zone rule at the fix's time."""
-        self._update_tracks(ctx, placed)
+        previous fix, then judge every zone rule at the fix's time.
+
+        The rules are judged only if a presence changed or a schedule/leave boundary passed
+        since they were last judged (the caller knows the boundaries): otherwise nothing can
+        change, and most fixes of a day are like that."""
+        changed = self._update_tracks(ctx, placed)
         findings: list[Finding] = []
         if previous is not None:
             findings += self._crossings(ctx, previous, placed)
@@ -248,7 +263,11 @@ class ZoneRules:
         # opened or closed a window must not undo it).
         at = placed.fix.ts if state.clock is None else max(state.clock, placed.fix.ts)
         state.clock = at
-        findings += self.evaluate(ctx, at, placed)
+        if changed or window_may_have_changed or state.judge_all:
+            state.judge_all = False
+            findings += self.evaluate(ctx, at, placed)
+        else:
+            ctx.stats["fix_rules_unchanged"] += 1
         return findings
 
     def on_time(self, ctx: EvalContext, at: datetime) -> list[Finding]:
@@ -266,7 +285,7 @@ class ZoneRules:
     def evaluate(self, ctx: EvalContext, at: datetime, placed: PlacedFix | None) -> list[Finding]:
         config, subject, state = ctx.config, ctx.subject, ctx.state
         last = placed.fix if placed is not None else state.last_fix
-        evidence: dict[str, Any] = {"ping": last.to_wire()} if last is not None else {}
+        evidence = last  # turned into {"ping": ...} only if a finding is emitted
         zones = config.zones
         findings: list[Finding] = []
 
@@ -335,7 +354,8 @@ class ZoneRules:
         return findings
 
     def _exclusion_rules(
-        self, ctx: EvalContext, at: datetime, placed: PlacedFix | None, evidence: dict[str, Any]
+        self, ctx: EvalContext, at: datetime, placed: PlacedFix | None,
+        evidence: LocationFix | None,
     ) -> list[Finding]:
         zones = self._zones_of(ctx.config, ctx.subject)
         if not zones.assignments:
@@ -387,7 +407,7 @@ class ZoneRules:
         window_fn: WindowFn,
         violating: Presence,
         at: datetime,
-        evidence: dict[str, Any],
+        evidence: LocationFix | None,
         placed: PlacedFix | None,
         texts: _Texts,
         raise_ok: bool = True,
@@ -410,7 +430,8 @@ class ZoneRules:
                 return []
             started = membership.confirmed_since or at
             return ctx.set(
-                rule, zone_id, True, max(window[0], started), evidence, texts.raised(placed)
+                rule, zone_id, True, max(window[0], started), _ping(evidence),
+                texts.raised(placed),
             )
         if instance is None or not active or instance.since is None:
             return []
@@ -427,7 +448,7 @@ class ZoneRules:
             end, why = raised_window[1], texts.ended
         elif window is None and (membership is None or membership.confirmed is violating):
             why = texts.ended
-        return ctx.set(rule, zone_id, False, max(end, instance.since), evidence, why)
+        return ctx.set(rule, zone_id, False, max(end, instance.since), _ping(evidence), why)
 
     # ------------------------------------------------------------------ segment crossing
 
@@ -627,6 +648,24 @@ def _violating_run(
     if confirmed and since is not None:
         return since, None, run
     return None
+
+
+def _feed(
+    memberships: dict[str, Membership],
+    key: str,
+    presence: Presence,
+    ts: datetime,
+    params: ZoneRuleParams,
+) -> bool:
+    """One presence into a track; True if its confirmed or pending presence changed."""
+    membership = memberships.get(key)
+    if membership is None:
+        membership = memberships[key] = Membership()
+        membership.observe(presence, ts, params)
+        return True
+    before = (membership.confirmed, membership.pending)
+    membership.observe(presence, ts, params)
+    return (membership.confirmed, membership.pending) != before
 
 
 def insert_late(late: list[PlacedFix], placed: PlacedFix) -> None:
