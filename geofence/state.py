@@ -109,6 +109,9 @@ class DeviceState:
     last_fix: LocationFix | None = None
     last_xy: tuple[float, float] | None = None
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # The last segment between two evaluated fixes, waiting for the next fix to show its
+    # end was real before a crossing is inferred along it.
+    crossing_candidate: tuple[PlacedFix, PlacedFix] | None = None
     # Jump filter: how many rejected fixes in a row agree with each other, and the newest.
     jump_rejections_in_row: int = 0
     last_rejected: PlacedFix | None = None

@@ -256,9 +256,23 @@ class ZoneRules:
         change, and most fixes of a day are like that."""
         changed = self._update_tracks(ctx, placed)
         findings: list[Finding] = []
-        if previous is not None:
-            findings += self._crossings(ctx, previous, placed)
         state = ctx.state
+        # A crossing is inferred for the segment before this fix, once this fix shows that
+        # the segment's end was real: it continues from there rather than returning to the
+        # start (a single 1-3 km outlier makes two long segments that cut through anything).
+        candidate = state.crossing_candidate
+        spike = False
+        if candidate is not None and previous is not None and candidate[1] is previous:
+            start, end = candidate
+            if math.dist(end.xy, placed.xy) <= math.dist(start.xy, placed.xy):
+                findings += self._crossings(ctx, start, end)
+            else:
+                # The previous fix was a spike: no segment into it or out of it is a path.
+                ctx.stats["crossing_segment_unsupported"] += 1
+                spike = True
+        state.crossing_candidate = (
+            (previous, placed) if previous is not None and not spike else None
+        )
         # Never judge earlier than a tick already did (a fix delivered after the tick that
         # opened or closed a window must not undo it).
         at = placed.fix.ts if state.clock is None else max(state.clock, placed.fix.ts)
@@ -458,7 +472,8 @@ class ZoneRules:
         """Exclusion zones passed through between two sparse fixes, both clearly outside.
 
         Only the subject's own zones that the segment touches are examined (STRtree query
-        with the segment), then the straight line must run `min_chord_m` inside the zone."""
+        with the segment), then the straight line must run `min_chord_m` inside the zone.
+        Reported one fix later (see `on_fix`), with the times the line entered and left."""
         config = ctx.config
         zones = self._zones_of(config, ctx.subject)
         if not zones.assignments:

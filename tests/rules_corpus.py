@@ -38,6 +38,8 @@ latency measured is the engine's and not a coverage hole's.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
 from collections.abc import Iterable, Sequence
@@ -46,6 +48,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 
 from alerts.model import Finding, FindingKind, RuleId
@@ -117,6 +120,15 @@ def allowed_latency(rule: RuleId) -> timedelta:
 # ---------------------------------------------------------------------- geometry
 
 XY = tuple[float, float]
+
+
+_KX = PROJECTION.forward(PROJECTION.lon0 + 1.0, PROJECTION.lat0)[0]
+_KY = PROJECTION.forward(PROJECTION.lon0, PROJECTION.lat0 + 1.0)[1]
+
+
+def _lonlat_fast(east_m: float, north_m: float) -> tuple[float, float]:
+    """`core_helpers.lonlat` with its two constants computed once (called per fix)."""
+    return PROJECTION.lon0 + east_m / _KX, PROJECTION.lat0 + north_m / _KY
 
 
 def _circle(center: XY, radius: float, n: int = 24) -> shapely.Polygon:
@@ -494,58 +506,46 @@ class _Plan:
     def labels(self, zones: dict[str, Zone]) -> list[Violation]:
         """Ground truth from the true track, sampled every 5 s against the zones."""
         sid = self.sid
-        step = timedelta(seconds=5)
         start, end = self.track.legs[0].t0, self.track.legs[-1].t1
-        times: list[datetime] = []
-        t = start
-        while t <= end:
-            times.append(t)
-            t += step
+        step_s = 5
+        count = int((end - start).total_seconds() // step_s) + 1
+        times = [start + timedelta(seconds=step_s * k) for k in range(count)]
         points = shapely.points(self.track.positions(times))
 
-        def signed(zone: Zone) -> list[float]:
+        def signed(zone: Zone) -> npt.NDArray[np.float64]:
             distance = shapely.distance(zone.boundary_m, points)
             inside = shapely.contains(zone.geometry_m, points)
-            return [-float(d) if i else float(d) for d, i in zip(distance, inside, strict=True)]
+            signed_m: npt.NDArray[np.float64] = np.where(inside, -distance, distance)
+            return signed_m
 
-        district = signed(zones["district"])
-        home = signed(zones[f"home-{sid}"])
-        work = signed(zones[f"work-{sid}"])
-        school = signed(zones[f"school-{sid}"])
+        # Local wall-clock minute and weekday of each sample (Asia/Shanghai has no DST).
+        offset_s = (TZ.utcoffset(start.replace(tzinfo=None)) or timedelta(0)).total_seconds()
+        epoch_s = np.arange(count) * step_s + start.timestamp() + offset_s
+        minute = (epoch_s // 60) % 1440
+        weekday = ((epoch_s // 86400).astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+        curfew = (minute >= 22 * 60) | (minute < 6 * 60)
+        work_hours = (weekday < 5) & (  # 09:00-12:00 and 13:00-18:00 with 15 min grace
+            ((minute >= 555) & (minute < 720)) | ((minute >= 795) & (minute < 1080)))
         margin = RULES.zone.margin_m
-
-        def curfew(local: datetime) -> bool:
-            return local.hour >= 22 or local.hour < 6
-
-        def work_hours(local: datetime) -> bool:  # 09:00-12:00 and 13:00-18:00, 15 min grace
-            minute = local.hour * 60 + local.minute
-            return local.weekday() < 5 and (555 <= minute < 720 or 795 <= minute < 1080)
-
-        keys = [
-            (RuleId.BOUNDARY_EXIT, "district"),
-            (RuleId.CURFEW_AWAY, f"home-{sid}"),
-            (RuleId.INCLUSION_AWAY, f"work-{sid}"),
-            (RuleId.EXCLUSION_ENTRY, f"school-{sid}"),
-            (RuleId.EXCLUSION_APPROACH, f"school-{sid}"),
-        ]
+        school = signed(zones[f"school-{sid}"])
+        states = {
+            (RuleId.BOUNDARY_EXIT, "district"): signed(zones["district"]) > DETECT_PAST_FENCE_M,
+            (RuleId.CURFEW_AWAY, f"home-{sid}"):
+                (signed(zones[f"home-{sid}"]) > DETECT_PAST_FENCE_M) & curfew,
+            (RuleId.INCLUSION_AWAY, f"work-{sid}"):
+                (signed(zones[f"work-{sid}"]) > DETECT_PAST_FENCE_M) & work_hours,
+            (RuleId.EXCLUSION_ENTRY, f"school-{sid}"): school <= -margin,
+            (RuleId.EXCLUSION_APPROACH, f"school-{sid}"):
+                (school > 0) & (school <= APPROACH_M - margin),
+        }
         out: list[Violation] = []
-        open_: dict[tuple[RuleId, str], datetime] = {}
-        for index, t in enumerate(times):
-            local = t.astimezone(TZ)
-            states = (
-                district[index] > DETECT_PAST_FENCE_M,
-                home[index] > DETECT_PAST_FENCE_M and curfew(local),
-                work[index] > DETECT_PAST_FENCE_M and work_hours(local),
-                school[index] <= -margin,
-                0 < school[index] <= APPROACH_M - margin,
-            )
-            for key, on in zip(keys, states, strict=True):
-                if on and key not in open_:
-                    open_[key] = t
-                elif not on and key in open_:
-                    out.append(Violation(sid, key[0], key[1], open_.pop(key), t, "track"))
-        for key, began in open_.items():
-            out.append(Violation(sid, key[0], key[1], began, end, "track"))
+        for (rule, zone_id), on in states.items():
+            padded = np.concatenate(([False], on, [False])).astype(np.int8)
+            edges = np.diff(padded)
+            for first, after in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1),
+                                    strict=True):
+                stop = times[after] if after < count else end
+                out.append(Violation(sid, rule, zone_id, times[first], stop, "track"))
         for at, kind in self.events:
             if kind is DeviceEventType.STRAP_OPEN:
                 out.append(Violation(sid, RuleId.STRAP_OPEN, None, at,
@@ -561,7 +561,7 @@ class _Plan:
                               or 0)
         arrivals = sorted(m.arrival for m in messages if m.observation.device_id == device)
         out = []
-        for a, b in zip(arrivals, arrivals[1:], strict=False):
+        for a, b in itertools.pairwise(arrivals):
             if b - a > threshold:
                 out.append(Violation(self.sid, RuleId.DEVICE_SILENT, None, a + threshold, b,
                                      "device_off"))
@@ -590,12 +590,14 @@ def _device_messages(
     start = track.legs[0].t0 + timedelta(seconds=rng.randrange(PING_S))
     end = track.legs[-1].t1
     quiet = sorted(violation_starts)
+    quiet_gap = timedelta(seconds=QUIET_AROUND_S)
 
     def near_violation(t: datetime) -> bool:
-        return any(abs((t - v).total_seconds()) < QUIET_AROUND_S for v in quiet)
+        index = bisect.bisect_left(quiet, t - quiet_gap)
+        return index < len(quiet) and quiet[index] < t + quiet_gap
 
-    def off(t: datetime) -> bool:
-        return any(a <= t < b for a, b in plan.off)
+    def within(t: datetime, spans: Sequence[tuple[datetime, datetime]]) -> bool:
+        return any(a <= t < b for a, b in spans)
 
     # Noise schedule: skipped-fix gaps and late bursts, away from violation starts.
     gaps: list[tuple[datetime, datetime]] = []
@@ -624,8 +626,7 @@ def _device_messages(
     t = start
     while t < end:
         xy, leg = track.position(t)
-        in_gap = any(a <= t < b for a, b in gaps)
-        if off(t) or (in_gap and not near_violation(t)):
+        if within(t, plan.off) or within(t, gaps):
             t += timedelta(seconds=PING_S)
             continue
         # Accuracy and indoor drift (an AR(1) offset in units of the stated accuracy).
@@ -675,7 +676,7 @@ def _device_messages(
             battery = max(96.0 - (minute_of_day - 720) * 82.0 / 560.0, 14.0)
             if minute_of_day >= 1290:
                 battery = min(100.0, 14.0 + (minute_of_day - 1290) * 0.5)
-        lon, lat = lonlat(*reported)
+        lon, lat = _lonlat_fast(*reported)
         fix = LocationFix(
             device_id=device, ts=t, lat=lat, lon=lon, accuracy_m=round(accuracy, 1),
             source=source, received_at=t, battery_pct=round(battery),
@@ -687,8 +688,8 @@ def _device_messages(
                 # Stored while out of coverage; uploaded together when it returns.
                 arrival = b1 + timedelta(seconds=30 if current_first else 5)
         out.append(Message(fix, arrival))
-        if (battery_day is not None and local_t.date() == battery_day and battery <= 20.0
-                and plan.battery_first_low is None):
+        if (battery_day is not None and local_t.date() == battery_day
+                and round(battery) <= 20.0 and plan.battery_first_low is None):
             plan.battery_first_low = t
         t += timedelta(seconds=PING_S)
     for at, kind in plan.events:
@@ -758,10 +759,12 @@ def run_naive(corpus: Corpus) -> list[Alert]:
         zones = config.zones
 
         def inside(zone_id: str, point: shapely.Point = point) -> bool:
-            return bool(zones[zone_id].geometry_m.contains(point))
+            return _contains(config, zone_id, point)
 
         states: dict[tuple[RuleId, str | None], bool] = {}
-        assert subject.permitted_zone_id and subject.home_zone_id and subject.curfew
+        assert subject.permitted_zone_id is not None
+        assert subject.home_zone_id is not None
+        assert subject.curfew is not None
         states[(RuleId.BOUNDARY_EXIT, subject.permitted_zone_id)] = not inside(
             subject.permitted_zone_id)
         states[(RuleId.CURFEW_AWAY, subject.home_zone_id)] = subject.curfew.is_active(
@@ -786,6 +789,10 @@ def run_naive(corpus: Corpus) -> list[Alert]:
             elif not on:
                 active.discard(key)
     return alerts
+
+
+def _contains(config: CoreConfig, zone_id: str, point: shapely.Point) -> bool:
+    return bool(config.zones[zone_id].geometry_m.contains(point))
 
 
 MATCH_TOLERANCE = timedelta(minutes=3)

@@ -162,7 +162,10 @@ def test_zone_crossed_between_two_sparse_fixes_is_detected() -> None:
     west = (SCHOOL_XY[0] - 400.0, SCHOOL_XY[1])
     east = (SCHOOL_XY[0] + 400.0, SCHOOL_XY[1])
     t0 = sun(12)
-    found = feed(e, [gps(west, t0), gps(west, t0 + 5 * MINUTE), gps(east, t0 + 10 * MINUTE)])
+    further = (SCHOOL_XY[0] + 600.0, SCHOOL_XY[1])
+    assert feed(e, [gps(west, t0), gps(west, t0 + 5 * MINUTE), gps(east, t0 + 10 * MINUTE)]) == []
+    # The next fix goes on eastwards: the segment's end was real.
+    found = feed(e, [gps(further, t0 + 13 * MINUTE)])
     # The line runs 100 m through the school, entering at 350/800 of the way.
     assert summary(found) == [
         (RAISED, RuleId.EXCLUSION_CROSSED, SCHOOL, t0 + 5 * MINUTE + 5 * MINUTE * 350 / 800),
@@ -179,17 +182,33 @@ def test_cutting_a_corner_or_a_long_gap_is_not_a_crossing() -> None:
     # The line x + y = 1921 cuts the school's south-west corner (950, 950): a 30 m chord.
     a = (700.0, 1221.0)
     b = (1221.0, 700.0)
+    beyond = (1400.0, 521.0)
     e = engine(approach_m=0.0)
-    assert feed(e, [gps(a, t0), gps(a, t0 + MINUTE), gps(b, t0 + 5 * MINUTE)]) == []
+    assert feed(e, [gps(a, t0), gps(a, t0 + MINUTE), gps(b, t0 + 5 * MINUTE),
+                    gps(beyond, t0 + 7 * MINUTE)]) == []
     state = e.device_state(TAG)
     assert state is not None
     assert state.last_fix is not None
-    assert state.last_fix.ts == t0 + 5 * MINUTE
+    assert state.last_fix.ts == t0 + 7 * MINUTE
     # Straight through, but 11 minutes apart: the path is unknown.
     west = (SCHOOL_XY[0] - 400.0, SCHOOL_XY[1])
     east = (SCHOOL_XY[0] + 400.0, SCHOOL_XY[1])
+    further = (SCHOOL_XY[0] + 600.0, SCHOOL_XY[1])
     e = engine(approach_m=0.0)
-    assert feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 12 * MINUTE)]) == []
+    assert feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 12 * MINUTE),
+                    gps(further, t0 + 14 * MINUTE)]) == []
+
+
+def test_a_single_outlier_is_no_crossing() -> None:
+    # An outlier 2 km away and back: both segments cut through the school.
+    e = engine(approach_m=0.0)
+    t0 = sun(12)
+    west = (SCHOOL_XY[0] - 1000.0, SCHOOL_XY[1])
+    outlier = (SCHOOL_XY[0] + 1000.0, SCHOOL_XY[1])
+    fixes = [gps(west, t0), gps(west, t0 + MINUTE), gps(outlier, t0 + 2 * MINUTE, 20.0),
+             gps(west, t0 + 3 * MINUTE), gps(west, t0 + 4 * MINUTE)]
+    assert feed(e, fixes) == []
+    assert e.stats["crossing_segment_unsupported"] >= 1
 
 
 def test_crossing_a_scheduled_zone_outside_its_hours_is_not_reported() -> None:
@@ -197,10 +216,14 @@ def test_crossing_a_scheduled_zone_outside_its_hours_is_not_reported() -> None:
     east = (PARK_XY[0] + 400.0, PARK_XY[1])
     e = engine()
     t0 = sun(20)
-    assert feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 6 * MINUTE)]) == []
+    further = (PARK_XY[0] + 600.0, PARK_XY[1])
+    assert feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 6 * MINUTE),
+                    gps(further, t0 + 9 * MINUTE)]) == []
     e = engine()
     t0 = sun(11)
-    found = feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 6 * MINUTE)])
+    further = (PARK_XY[0] + 600.0, PARK_XY[1])
+    found = feed(e, [gps(west, t0), gps(west, t0 + MINUTE), gps(east, t0 + 6 * MINUTE),
+                     gps(further, t0 + 9 * MINUTE)])
     assert [s[:3] for s in summary(found)] == [
         (RAISED, RuleId.EXCLUSION_CROSSED, PARK),
         (CLEARED, RuleId.EXCLUSION_CROSSED, PARK),
