@@ -54,6 +54,9 @@ LEAVE_PREFIX = "leave:"
 LEAVE_TRACK_LEAD = timedelta(days=1)
 # How many late fixes an audit finding quotes as evidence.
 LATE_EVIDENCE_FIXES = 5
+# A fix reached and left faster than this (~36 km/h), with the next fix back where the
+# device came from, is an outlier for the crossing rule.
+SPIKE_SPEED_MPS = 10.0
 
 
 def approach_key(zone_id: str) -> str:
@@ -264,12 +267,12 @@ class ZoneRules:
         spike = False
         if candidate is not None and previous is not None and candidate[1] is previous:
             start, end = candidate
-            if math.dist(end.xy, placed.xy) <= math.dist(start.xy, placed.xy):
-                findings += self._crossings(ctx, start, end)
-            else:
-                # The previous fix was a spike: no segment into it or out of it is a path.
+            if _spike(start, end, placed):
+                # The segment's end was an outlier: no segment into it or out of it is a path.
                 ctx.stats["crossing_segment_unsupported"] += 1
                 spike = True
+            else:
+                findings += self._crossings(ctx, start, end)
         state.crossing_candidate = (
             (previous, placed) if previous is not None and not spike else None
         )
@@ -663,6 +666,20 @@ def _violating_run(
     if confirmed and since is not None:
         return since, None, run
     return None
+
+
+def _spike(before: PlacedFix, fix: PlacedFix, after: PlacedFix) -> bool:
+    """Whether `fix` looks like an outlier between its neighbours: the next fix went back
+    at least half-way to where the device came from, and getting there and back would
+    have taken more than SPIKE_SPEED_MPS both ways (people do not dart through a school
+    and back at city-driving speed between two fixes; multipath outliers do)."""
+    out_m = math.dist(before.xy, fix.xy)
+    if out_m <= 0.0 or math.dist(before.xy, after.xy) >= out_m / 2.0:
+        return False
+    out_s = (fix.fix.ts - before.fix.ts).total_seconds()
+    back_s = (after.fix.ts - fix.fix.ts).total_seconds()
+    back_m = math.dist(fix.xy, after.xy)
+    return out_m > SPIKE_SPEED_MPS * out_s and back_m > SPIKE_SPEED_MPS * back_s
 
 
 def _feed(

@@ -15,7 +15,7 @@ an injected **true violation**, labelled with the interval during which it is de
 | out at curfew     | curfew_away          | same (already out when 22:00 comes)             |
 | left the district | boundary_exit        | outside the district by > margin + 2 x 15 m     |
 | left work         | inclusion_away       | outside work by > margin + 2 x 15 m, in hours   |
-| school visit      | exclusion_entry      | inside the school by > margin                   |
+| school visit      | exclusion_entry      | inside the school                               |
 | walk through      | exclusion_entry      | same (under 2 min: scored for precision only)   |
 | lingering near    | exclusion_approach   | within band - margin of the school, not inside  |
 | device off        | device_silent        | nothing arrived for the silence threshold       |
@@ -300,6 +300,7 @@ def generate(seed: int = SEED, subjects: int = SUBJECTS, days: int = DAYS) -> Co
     }
     burst_slots = {(rng.randrange(subjects), rng.randrange(days)) for _ in range(
         BURSTS_PER_WEEK * subjects // 4)}
+    deck = _deal(rng, subjects)
     for s in range(subjects):
         sid, device = f"c{s:02d}", f"ctag{s:02d}"
         home = _point_in_district(rng, district_m.buffer(-1500), [])
@@ -320,7 +321,7 @@ def generate(seed: int = SEED, subjects: int = SUBJECTS, days: int = DAYS) -> Co
             curfew=curfew,
             inclusions=(InclusionAssignment(f"work-{sid}", work_hours, 15 * 60.0),),
         )
-        plan = _Plan(rng, sid, device, district_m, home, work, school)
+        plan = _Plan(rng, sid, device, district_m, home, work, school, deck[4 * s:4 * s + 4])
         for d in range(days):
             plan.day(FIRST_DAY + timedelta(days=d), s, d)
         plan.finish()
@@ -340,11 +341,32 @@ def generate(seed: int = SEED, subjects: int = SUBJECTS, days: int = DAYS) -> Co
     return Corpus(config, messages, violations, subjects * days, places)
 
 
+INJECTED_KINDS = ["curfew_breach", "out_at_curfew", "left_district", "left_work",
+                  "school_visit", "walk_through", "approach", "device_off", "underground",
+                  "strap_blip", "flat_battery"]
+INJECTIONS_PER_SUBJECT = 4
+
+
+def _deal(rng: random.Random, subjects: int) -> list[str]:
+    """Four injected kinds per subject, dealt from a shuffled deck so that every kind
+    occurs about equally often and no subject gets one twice."""
+    while True:
+        deck: list[str] = []
+        while len(deck) < INJECTIONS_PER_SUBJECT * subjects:
+            round_ = list(INJECTED_KINDS)
+            rng.shuffle(round_)
+            deck += round_
+        hands = [deck[INJECTIONS_PER_SUBJECT * s:INJECTIONS_PER_SUBJECT * (s + 1)]
+                 for s in range(subjects)]
+        if all(len(set(hand)) == len(hand) for hand in hands):
+            return deck
+
+
 class _Plan:
     """One subject's week: the true track, device events and the injected violations."""
 
     def __init__(self, rng: random.Random, sid: str, device: str, district: shapely.Polygon,
-                 home: XY, work: XY, school: XY) -> None:
+                 home: XY, work: XY, school: XY, kinds: list[str]) -> None:
         self.rng, self.sid, self.device = rng, sid, device
         self.district, self.home, self.work, self.school = district, home, work, school
         self.track = Track(_local(FIRST_DAY, 0), home, indoor=True)
@@ -354,21 +376,18 @@ class _Plan:
         self.battery_low_day: date | None = None
         self.battery_first_low: datetime | None = None  # first reading at or below 20 %
         self.kinds: list[tuple[str, datetime]] = []  # injected (kind, start)
-        self.injections = self._choose()
+        self.injections = self._choose(kinds)
 
-    def _choose(self) -> dict[int, str]:
-        """Which day gets which injected violation: four per subject-week, on four
-        different days; leaving work only on a weekday."""
-        kinds = ["curfew_breach", "out_at_curfew", "left_district", "left_work",
-                 "school_visit", "walk_through", "approach", "device_off", "underground",
-                 "strap_blip", "flat_battery"]
-        chosen = self.rng.sample(kinds, 4)
-        days = self.rng.sample(range(DAYS), 4)
+    def _choose(self, kinds: list[str]) -> dict[int, str]:
+        """Which day gets which of this subject's injected violations (one a day at most);
+        leaving work only on a weekday."""
+        days = self.rng.sample(range(DAYS), len(kinds))
+        chosen = list(kinds)
         if "left_work" in chosen:
             index = chosen.index("left_work")
             weekday = next((i for i, d in enumerate(days) if d < 5), None)
             if weekday is None:
-                chosen[index] = "school_visit" if "school_visit" not in chosen else "approach"
+                chosen[index] = "school_visit"
             else:
                 days[index], days[weekday] = days[weekday], days[index]
         return dict(zip(days, chosen, strict=True))
@@ -534,7 +553,9 @@ class _Plan:
                 (signed(zones[f"home-{sid}"]) > DETECT_PAST_FENCE_M) & curfew,
             (RuleId.INCLUSION_AWAY, f"work-{sid}"):
                 (signed(zones[f"work-{sid}"]) > DETECT_PAST_FENCE_M) & work_hours,
-            (RuleId.EXCLUSION_ENTRY, f"school-{sid}"): school <= -margin,
+            # Inside at all (a route home that cuts through the school counts too); the
+            # rule's own test is liberal (the accuracy circle reaching in by the margin).
+            (RuleId.EXCLUSION_ENTRY, f"school-{sid}"): school <= 0.0,
             (RuleId.EXCLUSION_APPROACH, f"school-{sid}"):
                 (school > 0) & (school <= APPROACH_M - margin),
         }
