@@ -80,6 +80,7 @@ FIRST_DAY = date(2026, 11, 16)  # a Monday
 TZ = ZoneInfo("Asia/Shanghai")
 PING_S = 60
 TICK_S = 15
+LABEL_STEP_S = 10  # the true track is judged every 10 s for the labels
 
 DISTRICT_RADIUS_M = 4500.0
 HOME_R_M = 60.0
@@ -235,8 +236,9 @@ class Track:
         f = 0.0 if span <= 0 else min(max((t - leg.t0).total_seconds() / span, 0.0), 1.0)
         return (leg.a[0] + f * (leg.b[0] - leg.a[0]), leg.a[1] + f * (leg.b[1] - leg.a[1])), leg
 
-    def positions(self, times: Sequence[datetime]) -> list[XY]:
-        """Many positions at once (piecewise-linear interpolation over the legs)."""
+    def positions_at(self, offsets_s: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Positions at many moments at once (seconds after the first leg starts), by
+        piecewise-linear interpolation over the legs; an (n, 2) array."""
         origin = self.legs[0].t0
         knots_t: list[float] = []
         knots_x: list[float] = []
@@ -246,10 +248,9 @@ class Track:
                 knots_t.append((when - origin).total_seconds())
                 knots_x.append(x)
                 knots_y.append(y)
-        at = np.array([(t - origin).total_seconds() for t in times])
-        xs = np.interp(at, knots_t, knots_x)
-        ys = np.interp(at, knots_t, knots_y)
-        return list(zip(xs.tolist(), ys.tolist(), strict=True))
+        return np.column_stack(
+            (np.interp(offsets_s, knots_t, knots_x), np.interp(offsets_s, knots_t, knots_y))
+        )
 
     def _index(self, t: datetime) -> int:
         lo, hi = 0, len(self.legs) - 1
@@ -526,10 +527,13 @@ class _Plan:
         """Ground truth from the true track, sampled every 5 s against the zones."""
         sid = self.sid
         start, end = self.track.legs[0].t0, self.track.legs[-1].t1
-        step_s = 5
+        step_s = LABEL_STEP_S
         count = int((end - start).total_seconds() // step_s) + 1
-        times = [start + timedelta(seconds=step_s * k) for k in range(count)]
-        points = shapely.points(self.track.positions(times))
+        offsets_s = np.arange(count, dtype=np.float64) * step_s
+        points = shapely.points(self.track.positions_at(offsets_s))
+
+        def at(index: int) -> datetime:
+            return start + timedelta(seconds=float(offsets_s[index]))
 
         def signed(zone: Zone) -> npt.NDArray[np.float64]:
             distance = shapely.distance(zone.boundary_m, points)
@@ -565,12 +569,12 @@ class _Plan:
             edges = np.diff(padded)
             for first, after in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1),
                                     strict=True):
-                stop = times[after] if after < count else end
-                out.append(Violation(sid, rule, zone_id, times[first], stop, "track"))
-        for at, kind in self.events:
+                stop = at(int(after)) if after < count else end
+                out.append(Violation(sid, rule, zone_id, at(int(first)), stop, "track"))
+        for opened, kind in self.events:
             if kind is DeviceEventType.STRAP_OPEN:
-                out.append(Violation(sid, RuleId.STRAP_OPEN, None, at,
-                                     at + timedelta(minutes=2), "strap_blip"))
+                out.append(Violation(sid, RuleId.STRAP_OPEN, None, opened,
+                                     opened + timedelta(minutes=2), "strap_blip"))
         gnss_s = RULES.thresholds(DeviceKind.WEARABLE).gnss_lost_seconds or 0.0
         for began, ended in self.underground:
             out.append(Violation(sid, RuleId.GNSS_LOST, None,
