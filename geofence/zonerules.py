@@ -236,10 +236,22 @@ class ZoneRules:
                 changed |= _feed(state.memberships, key, near, ts, approach)
                 measured.add(key)
         # Zones the index did not return are clear of the whole circle, band and margin.
+        # Once confirmed clear, with nothing pending or raised, their track is forgotten: it
+        # holds nothing a fresh one would not, and a subject with thousands of zones (all
+        # the schools of a district) keeps only the few it is near.
         for key in list(state.memberships):
             if key in zones.keys and key not in measured:
                 params = approach if key.endswith(APPROACH_SUFFIX) else entry
                 changed |= _feed(state.memberships, key, Presence.OUTSIDE, ts, params)
+                membership = state.memberships[key]
+                zone_id = key.removesuffix(APPROACH_SUFFIX)
+                if (
+                    membership.confirmed is Presence.OUTSIDE
+                    and membership.pending is None
+                    and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
+                    and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
+                ):
+                    del state.memberships[key]
         return changed
 
     # ------------------------------------------------------------------ entry points
