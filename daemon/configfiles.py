@@ -7,8 +7,10 @@ Layout of a config directory (config/README.md documents it for operators):
     leaves.yaml       approved leave (请假): subject, period, destination, route (optional file)
     zones/*.geojson   FeatureCollections with a declared "datum" (WGS-84, GCJ-02, BD-09)
 
-Every problem is reported as one `ConfigProblem` (file, key, value, reason); loading fails
-as a whole, so a half-valid directory never reaches the running daemon.
+Every problem is reported as one `ConfigProblem` (file, line, key, value, reason); loading
+fails as a whole, so a half-valid directory never reaches the running daemon. Line numbers
+come from `daemon.configlines` (found from the key path, so a new check only names its key);
+the cross-file checks are in `daemon.configchecks`; warnings do not refuse a config.
 """
 
 from __future__ import annotations
@@ -16,20 +18,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import shapely
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from shapely.geometry.base import BaseGeometry
-from shapely.validation import explain_validity
 
+from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
+from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from daemon.rulesettings import (
     SECONDS_PER_MINUTE,
     DeviceThresholdSettings,
@@ -51,7 +64,7 @@ from geofence.config import (
     InclusionAssignment,
     SubjectSpec,
 )
-from geofence.datum import Datum, convert_geometry_to_wgs84
+from geofence.datum import Datum, convert_geometries_to_wgs84
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule, Window
 from geofence.zones import LocalProjection, Zone, ZoneKind
@@ -65,6 +78,8 @@ ZONES_DIR = "zones"
 ENV_MQTT_HOST = "EMON_MQTT_HOST"
 ENV_MQTT_PORT = "EMON_MQTT_PORT"
 ENV_DATABASE_URL = "EMON_DATABASE_URL"
+# A file holding the database URL (a Docker or Kubernetes secret); EMON_DATABASE_URL wins.
+ENV_DATABASE_URL_FILE = "EMON_DATABASE_URL_FILE"
 ENV_HTTP_PORT = "EMON_HTTP_PORT"
 
 # ---------------------------------------------------------------------- settings.yaml
@@ -78,8 +93,28 @@ class MqttSettings(_Strict):
     password_env: str | None = Field(
         None, title="Environment variable that holds the broker password"
     )
+    password_file: str | None = Field(
+        None, max_length=4096,
+        title="File that holds the broker password (a Docker or Kubernetes secret)",
+    )
     keepalive_seconds: int = Field(30, ge=5, le=3600, title="MQTT keepalive")
     reconnect_max_seconds: float = Field(30.0, ge=1.0, le=600.0, title="Longest reconnect wait")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttSettings:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+
+def mqtt_password(mqtt: MqttSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """The broker password from the environment or a secret file; None if none is set.
+    OSError if the file cannot be read (the daemon then refuses to start)."""
+    if mqtt.password_env is not None:
+        return (os.environ if env is None else env).get(mqtt.password_env)
+    if mqtt.password_file is not None:
+        return Path(mqtt.password_file).read_text(encoding="utf-8").strip()
+    return None
 
 
 class DatabaseSettings(_Strict):
@@ -108,6 +143,17 @@ class RegionSettings(_Strict):
         return v
 
 
+class ReloadSettings(_Strict):
+    poll_interval_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0,
+        title="How often the config directory is checked for changes (0: only on SIGHUP)",
+    )
+    settle_seconds: float = Field(
+        2.0, ge=0.0, le=600.0,
+        title="Files must stay unchanged this long before a reload (copies write in steps)",
+    )
+
+
 class Settings(_Strict):
     mqtt: MqttSettings = MqttSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -117,6 +163,7 @@ class Settings(_Strict):
     tick_interval_seconds: float = Field(
         15.0, ge=1.0, le=300.0, title="How often time-driven rules are re-evaluated"
     )
+    reload: ReloadSettings = Field(ReloadSettings(), title="Hot reload of this directory")
 
 
 # ---------------------------------------------------------------------- subjects.yaml
@@ -193,10 +240,33 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+_LOCAL_TIME_PATTERN = r"^\d{1,2}:\d{2}(:\d{2})?$"
+_LOCAL_TIME = re.compile(_LOCAL_TIME_PATTERN)
+# JSON Schema's "format": "time" demands seconds and an offset ("22:00:00Z"): editors would
+# flag every correct window, so the schema says what the loader accepts instead.
+LocalTime = Annotated[time, WithJsonSchema({"type": "string", "pattern": _LOCAL_TIME_PATTERN})]
+
+
 class WindowModel(_Strict):
-    start: time = Field(title="Local start time HH:MM")
-    end: time = Field(title="Local end time HH:MM; not after start = crosses midnight")
+    start: LocalTime = Field(title="Local start time HH:MM")
+    end: LocalTime = Field(title="Local end time HH:MM; not after start = crosses midnight")
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted_local_time(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted 22:00 as the sexagesimal number 1320, which pydantic
+        # would take as 1320 seconds: a curfew at 00:22. Offsets make no sense either:
+        # windows are in each subject's own time zone.
+        if isinstance(v, time):
+            return v
+        if not isinstance(v, str):
+            raise ValueError('write local times in quotes, e.g. "22:00" (unquoted, YAML '
+                             "reads 22:00 as the number 1320)")
+        if not _LOCAL_TIME.match(v):
+            raise ValueError('a local time "HH:MM" or "HH:MM:SS" without offset (windows '
+                             "are in the subject's time zone)")
+        return v
 
 
 class ScheduleModel(_Strict):
@@ -242,6 +312,9 @@ class ZoneFile(BaseModel):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+Severity = Literal["error", "warning"]
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
     file: str
@@ -249,17 +322,63 @@ class ConfigProblem:
     value: str
     reason: str
     line: int | None = None
+    severity: Severity = "error"  # warnings are reported but do not refuse the config
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         value = f" = {self.value}" if self.value else ""
-        return f"{where}: {self.key}{value}: {self.reason}"
+        label = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {label}{self.key}{value}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "line": self.line, "key": self.key, "value": self.value,
+            "reason": self.reason, "severity": self.severity,
+        }
+
+
+class ProblemList(list[ConfigProblem]):
+    """The errors found so far (the list itself), the warnings, and each file's line index.
+
+    Checks append a problem with its file and key path; `located` fills in the line from
+    the file's index, so a check never has to know where its key sits in the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[ConfigProblem] = []
+        self.lines: dict[str, LineIndex] = {}
+        # Zones present in a file but refused (bad geometry): a reference to one is not
+        # "undefined", and saying so would send the operator to the wrong file.
+        self.refused_zones: set[str] = set()
+
+    def warn(self, file: str, key: str, value: str, reason: str) -> None:
+        self.warnings.append(ConfigProblem(file, key, value, reason, severity="warning"))
+
+    def _locate(self, problem: ConfigProblem) -> ConfigProblem:
+        index = self.lines.get(problem.file)
+        if problem.line is not None or index is None:
+            return problem
+        return replace(problem, line=index.line_of(problem.key))
+
+    def located(self) -> list[ConfigProblem]:
+        return [self._locate(p) for p in self]
+
+    def located_warnings(self) -> list[ConfigProblem]:
+        return [self._locate(p) for p in self.warnings]
 
 
 class ConfigError(Exception):
+    """A config directory was refused: `problems` holds its errors, then its warnings."""
+
     def __init__(self, problems: list[ConfigProblem]) -> None:
+        if isinstance(problems, ProblemList):
+            problems = problems.located() + problems.located_warnings()
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+    @property
+    def errors(self) -> list[ConfigProblem]:
+        return [p for p in self.problems if p.severity == "error"]
 
 
 @dataclass(frozen=True)
@@ -269,6 +388,8 @@ class LoadedConfig:
     subjects: SubjectsFile
     schedules: SchedulesFile
     core: CoreConfig
+    policies: PoliciesFile = field(default_factory=PoliciesFile)
+    warnings: tuple[ConfigProblem, ...] = ()
     leaves: LeavesFile = field(default_factory=LeavesFile)
 
     @property
@@ -282,12 +403,14 @@ def _short(value: Any) -> str:
 
 
 def _validation_problems(file: str, error: ValidationError) -> list[ConfigProblem]:
+    from daemon.configchecks import explain_validation_error
+
     return [
         ConfigProblem(
             file=file,
-            key=".".join(str(p) for p in e["loc"]) or "(top)",
+            key=join_path(e["loc"]),
             value=_short(e.get("input")) if e["type"] != "missing" else "",
-            reason=e["msg"],
+            reason=explain_validation_error(file, e["loc"], e["type"], e["msg"]),
         )
         for e in error.errors()
     ]
@@ -295,14 +418,27 @@ def _validation_problems(file: str, error: ValidationError) -> list[ConfigProble
 
 def _read_yaml(path: Path, problems: list[ConfigProblem]) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        document = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(ConfigProblem(path.name, "(file)", "", f"cannot read: {exc.strerror}"))
-    except yaml.YAMLError as exc:
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problems.append(ConfigProblem(path.name, "(yaml)", "", f"invalid YAML: {exc}", line))
-    return None
+        return None
+    if isinstance(problems, ProblemList):
+        problems.lines[path.name] = document.lines
+    for duplicate in document.duplicate_keys:
+        # PyYAML keeps the last of two equal keys without a word: half a file vanishes.
+        problems.append(
+            ConfigProblem(
+                path.name, duplicate.path, "",
+                f"duplicate key (first on line {duplicate.first_line}); YAML keeps only one",
+                duplicate.line,
+            )
+        )
+    return document.data or {}
 
 
 def _parse(
@@ -331,50 +467,62 @@ class _RawZone:
     geometry: BaseGeometry  # WGS-84
 
 
-def _load_zones(directory: Path, problems: list[ConfigProblem]) -> list[_RawZone]:
+def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
+    from daemon import configchecks
+
     zones: list[_RawZone] = []
     zone_dir = directory / ZONES_DIR
     paths = sorted(zone_dir.glob("*.geojson")) if zone_dir.is_dir() else []
     for path in paths:
         name = f"{ZONES_DIR}/{path.name}"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            text = path.read_text(encoding="utf-8")
+            # Built only if a problem in this file needs a line (zone files are large).
+            problems.lines[name] = LazyLineIndex(partial(json_line_index, text))
+            data = json.loads(text)
             parsed = ZoneFile.model_validate(data)
         except OSError as exc:
             problems.append(ConfigProblem(name, "(file)", "", f"cannot read: {exc.strerror}"))
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(ConfigProblem(name, "(file)", "", f"not UTF-8: {exc.reason}"))
             continue
         except json.JSONDecodeError as exc:
             problems.append(ConfigProblem(name, "(json)", "", exc.msg, exc.lineno))
             continue
         except ValidationError as exc:
             problems.extend(_validation_problems(name, exc))
+            problems.refused_zones.update(configchecks.feature_ids(data))
             continue
+        configchecks.check_zone_file_name(name, parsed.datum, problems)
+        accepted: list[tuple[int, ZoneFeature, BaseGeometry]] = []
         for index, feature in enumerate(parsed.features):
             key = f"features.{index}.geometry"
+            geojson = feature.geometry.model_dump()
+            if not configchecks.check_coordinates(
+                name, key, feature.properties.id, geojson, problems
+            ):
+                problems.refused_zones.add(feature.properties.id)
+                continue
             try:
-                geometry = shapely.geometry.shape(feature.geometry.model_dump())
+                geometry = shapely.geometry.shape(geojson)
             except (ValueError, TypeError, AttributeError, IndexError) as exc:
                 problems.append(ConfigProblem(name, key, feature.properties.id, f"bad: {exc}"))
+                problems.refused_zones.add(feature.properties.id)
                 continue
             if not geometry.is_valid:
-                # explain_validity says where: "Self-intersection[114.05 22.54]".
-                problems.append(
-                    ConfigProblem(
-                        name,
-                        key,
-                        feature.properties.id,
-                        f"invalid polygon: {explain_validity(geometry)}",
-                    )
-                )
+                # Says where, in the file's own datum, and which vertex is nearest.
+                where, reason = configchecks.describe_invalid_polygon(geometry, parsed.datum)
+                problems.append(ConfigProblem(name, key + where, feature.properties.id, reason))
+                problems.refused_zones.add(feature.properties.id)
                 continue
-            zones.append(
-                _RawZone(
-                    name,
-                    index,
-                    feature.properties,
-                    convert_geometry_to_wgs84(parsed.datum, geometry),
-                )
-            )
+            accepted.append((index, feature, geometry))
+        # One vectorised datum conversion per file, not one per zone (bench/: 10k zones).
+        converted = convert_geometries_to_wgs84(parsed.datum, [g for _, _, g in accepted])
+        zones.extend(
+            _RawZone(name, index, feature.properties, wgs84)
+            for (index, feature, _), wgs84 in zip(accepted, converted, strict=True)
+        )
     return zones
 
 
@@ -414,6 +562,12 @@ def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     database = settings.database
     if ENV_DATABASE_URL in env:
         database = database.model_copy(update={"dsn": env[ENV_DATABASE_URL]})
+    elif ENV_DATABASE_URL_FILE in env:
+        try:
+            dsn = Path(env[ENV_DATABASE_URL_FILE]).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"{ENV_DATABASE_URL_FILE}: cannot read: {exc.strerror}") from None
+        database = database.model_copy(update={"dsn": dsn})
     http = settings.http
     if ENV_HTTP_PORT in env:
         http = http.model_copy(update={"port": int(env[ENV_HTTP_PORT])})
@@ -470,18 +624,37 @@ def _check_subject_rules(
 
 def load_config(directory: Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate a whole config directory, or raise `ConfigError` with every problem."""
-    problems: list[ConfigProblem] = []
+    from daemon import configchecks
+
+    problems = ProblemList()
     if not directory.is_dir():
         raise ConfigError([ConfigProblem(str(directory), "(dir)", "", "not a directory")])
     settings = _parse(Settings, directory / SETTINGS_FILE, problems, required=False)
     subjects = _parse(SubjectsFile, directory / SUBJECTS_FILE, problems, required=True)
     schedules = _parse(SchedulesFile, directory / SCHEDULES_FILE, problems, required=False)
+    policies = _parse(PoliciesFile, directory / POLICIES_FILE, problems, required=False)
     leaves = _parse(LeavesFile, directory / LEAVES_FILE, problems, required=False)
     raw_zones = _load_zones(directory, problems)
-    if settings is None or subjects is None or schedules is None or leaves is None:
+    if schedules is not None:
+        configchecks.check_schedules(schedules, problems)
+    if (
+        settings is None
+        or subjects is None
+        or schedules is None
+        or policies is None
+        or leaves is None
+    ):
         raise ConfigError(problems)
+    environment = os.environ if env is None else env
+    officer_roles = {o.id: (o.role.value, o.supervisor) for o in subjects.officers}
+    problems.extend(
+        ConfigProblem(POLICIES_FILE, key, value, reason)
+        for key, value, reason in reference_problems(
+            policies, officer_roles, {s.id: s.officer for s in subjects.subjects}, environment
+        )
+    )
     try:
-        settings = _apply_env(settings, os.environ if env is None else env)
+        settings = _apply_env(settings, environment)
     except (ValueError, ValidationError) as exc:
         problems.append(ConfigProblem("(environment)", "EMON_*", "", str(exc)))
 
@@ -502,7 +675,14 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             zones_by_id[raw.properties.id] = raw
 
     officers = {o.id: o for o in subjects.officers}
+    seen_officers: set[str] = set()
     for index, officer in enumerate(subjects.officers):
+        if officer.id in seen_officers:
+            problems.append(
+                ConfigProblem(SUBJECTS_FILE, f"officers.{index}.id", officer.id,
+                              "duplicate officer id")
+            )
+        seen_officers.add(officer.id)
         if officer.supervisor is not None and officer.supervisor not in officers:
             problems.append(
                 ConfigProblem(
@@ -524,7 +704,12 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             return
         raw = zones_by_id.get(zone_id)
         if raw is None:
-            problems.append(ConfigProblem(SUBJECTS_FILE, where, zone_id, "zone not defined"))
+            reason = (
+                "zone refused (see the problem in its zone file)"
+                if zone_id in problems.refused_zones
+                else "zone not defined"
+            )
+            problems.append(ConfigProblem(SUBJECTS_FILE, where, zone_id, reason))
         elif raw.properties.kind is not kind:
             problems.append(
                 ConfigProblem(
@@ -579,7 +764,6 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             )
         problems.extend(_check_subject_rules(where, subject, zone_ref, schedule_ref, kinds))
 
-    zone_kinds = {zid: raw.properties.kind for zid, raw in zones_by_id.items()}
     region = settings.region
 
     def in_region(lon: float, lat: float) -> bool:
@@ -588,6 +772,7 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         lon_min, lat_min, lon_max, lat_max = region.bbox
         return lon_min <= lon <= lon_max and lat_min <= lat <= lat_max
 
+    zone_kinds = {zid: raw.properties.kind for zid, raw in zones_by_id.items()}
     problems.extend(
         ConfigProblem(LEAVES_FILE, key, value, reason)
         for key, value, reason in check_leaves(
@@ -595,6 +780,7 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         )
     )
 
+    configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems, leaves)
     if problems:
         raise ConfigError(problems)
 
@@ -643,5 +829,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         zones=zones,
         subjects=subject_specs,
         rules=compile_rule_params(settings.rules),
+        alerting=compile_alerting(policies, officer_roles),
     )
-    return LoadedConfig(directory, settings, subjects, schedules, core, leaves)
+    return LoadedConfig(
+        directory, settings, subjects, schedules, core, policies,
+        tuple(problems.located_warnings()), leaves,
+    )

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -47,11 +47,14 @@ def format_alert(alert: dict[str, Any]) -> str:
             return "-"
         return datetime.fromisoformat(value).astimezone(DEMO_TIMEZONE).strftime("%m-%d %H:%M")
 
+    reason = alert.get("reason", "")
+    if alert.get("transition") == "cleared":
+        reason = "condition ended; the alert stays open until an officer resolves it"
     return (
         f"{local(alert.get('transition_at')):>11}  {str(alert.get('transition')).upper():<12} "
         f"{str(alert.get('tier')).upper():<8} {alert.get('rule', ''):<16} "
         f"subject {alert.get('subject_id')} -> officer {alert.get('officer_id')}  "
-        f"{alert.get('reason', '')}"
+        f"{reason}"
     )
 
 
@@ -113,6 +116,9 @@ async def _demo(args: argparse.Namespace, mosquitto: MosquittoProcess) -> int:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    if not args.verbose:
+        # The demo's own output is the alert lines; the daemon speaks up only for problems.
+        logging.getLogger().setLevel(logging.WARNING)
     run_dir: Path = args.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"emon demo: starting Mosquitto and PostgreSQL under {run_dir} ...", flush=True)
@@ -122,9 +128,12 @@ def run_demo(args: argparse.Namespace) -> int:
     ):
         os.environ[ENV_MQTT_HOST] = mosquitto.host
         os.environ[ENV_MQTT_PORT] = str(mosquitto.port)
-        os.environ[ENV_DATABASE_URL] = postgres.dsn
+        # A fresh database per run: the simulated day is deterministic, and yesterday's run
+        # would otherwise turn today's "opened" into "updated".
+        dsn = postgres.create_database(f"demo_{datetime.now(UTC):%Y%m%d_%H%M%S}")
+        os.environ[ENV_DATABASE_URL] = dsn
         os.environ.setdefault(ENV_HTTP_PORT, str(DEMO_HTTP_PORT))
-        print(f"  broker 127.0.0.1:{mosquitto.port}, database {postgres.dsn}", flush=True)
+        print(f"  broker 127.0.0.1:{mosquitto.port}, database {dsn}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(_demo(args, mosquitto))
     return 0

@@ -16,16 +16,19 @@ Running as root (CI, containers):
   generated configuration says ``user root`` so it keeps running as root and can write its
   log and persistence file in the (root-owned) run directory.
 * PostgreSQL refuses to run as root. initdb and pg_ctl are run as the ``postgres`` system
-  user (created by Debian's postgresql package) through ``runuser``; the run directory is
-  chowned to that user, and any ancestor directory that the user cannot traverse (pytest's
-  ``/tmp/pytest-of-root`` is mode 0700) is given the search bit for others (``o+x``, not
-  read), with a warning in the log.
+  user (created by Debian's postgresql package) through ``runuser``, and the cluster's
+  directory is chowned to that user. If that user cannot reach the run directory (pytest's
+  ``/tmp/pytest-of-root`` is mode 0700, and every pytest session started as root resets it
+  to 0700, so granting o+x would not last), the cluster lives in a stand-in directory
+  ``/tmp/emon-postgres/<hash of the run directory>`` instead, with a ``postgres-home``
+  symlink in the run directory; stand-ins whose run directory is gone are swept away.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import logging
 import os
 import pwd
@@ -35,6 +38,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,6 +83,11 @@ POSTGRES_SHARED_BUFFERS_MB = 64
 POSTGRES_MAX_CONNECTIONS = 200
 POSTGRES_GLOB = "/usr/lib/postgresql/*/bin"
 POSTGRES_LOCAL_CONF = "emon_local.conf"
+# As root, where a cluster lives when user postgres cannot reach its run directory.
+POSTGRES_RELOCATION_ROOT = Path(tempfile.gettempdir()) / "emon-postgres"
+_RELOCATION_NAME_HEX_CHARS = 16
+_STAND_IN_OWNER_FILE = "run_dir"
+STAND_IN_LINK_NAME = "postgres-home"
 TIMESCALEDB_LIBRARY = "timescaledb.so"
 # Overrides where PostgreSQL's server binaries (initdb, pg_ctl, postgres) are taken from.
 PG_BINDIR_ENV = "EMON_PG_BINDIR"
@@ -590,6 +599,67 @@ def timescaledb_available(bindir: Path | None = None) -> bool:
     return (_pkglibdir(bindir) / TIMESCALEDB_LIBRARY).is_file()
 
 
+def _reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether ``user`` may traverse every existing ancestor directory of ``path``."""
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    for ancestor in path.parents:
+        try:
+            st = ancestor.stat()
+        except FileNotFoundError:
+            continue  # we will create it, with the usual 0755
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _stand_in_owner(home: Path) -> Path | None:
+    """The run directory that a stand-in home was made for, if recorded."""
+    try:
+        text = home.joinpath(_STAND_IN_OWNER_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return Path(text.rstrip("\n")) if text.strip() else None
+
+
+def _stand_in_belongs_to(home: Path, run_dir: Path) -> bool:
+    """Whether ``home`` serves this run directory, not a deleted one of the same name.
+
+    The run directory's ``postgres-home`` symlink is the tie: a run directory deleted and
+    made again (same path, maybe even the same inode number) does not have it.
+    """
+    link = run_dir / STAND_IN_LINK_NAME
+    try:
+        return link.is_symlink() and Path(os.readlink(link)) == home
+    except OSError:
+        return False
+
+
+def _postmaster_alive(data_dir: Path) -> bool:
+    try:
+        pid = int((data_dir / "postmaster.pid").read_text(encoding="utf-8").split()[0])
+    except (OSError, ValueError, IndexError):
+        return False
+    return _pid_alive(pid)
+
+
+def _sweep_stand_ins(keep: Path) -> None:
+    """Delete stand-in homes whose run directory is gone and whose server is not running."""
+    for home in POSTGRES_RELOCATION_ROOT.iterdir():
+        owner = _stand_in_owner(home)
+        if home == keep or owner is None:  # not ours, or being set up right now
+            continue
+        if _stand_in_belongs_to(home, owner) or _postmaster_alive(home / "data"):
+            continue
+        _LOGGER.info("removing %s, left behind for the deleted %s", home, owner)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def _conf_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -603,20 +673,33 @@ class PostgresProcess(_LocalService):
         super().__init__(run_dir, port)
         self._bindir: Path | None = None
         self._timescaledb = False
+        self._home: Path | None = None
 
     # -- paths and properties
 
     @property
+    def home(self) -> Path:
+        """Directory of data/, sock/ and postgres.log: normally the run directory.
+
+        As root, when the postgres user cannot reach the run directory (pytest's
+        /tmp/pytest-of-root is mode 0700), a stand-in under /tmp/emon-postgres/, named
+        after the run directory, which gets a symlink ``postgres-home`` to it.
+        """
+        if self._home is None:
+            self._home = self._choose_home()
+        return self._home
+
+    @property
     def data_dir(self) -> Path:
-        return self._run_dir / "data"
+        return self.home / "data"
 
     @property
     def log_path(self) -> Path:
-        return self._run_dir / "postgres.log"
+        return self.home / "postgres.log"
 
     @property
     def socket_dir(self) -> Path:
-        return self._run_dir / "sock"
+        return self.home / "sock"
 
     @property
     def dsn(self) -> str:
@@ -654,31 +737,23 @@ class PostgresProcess(_LocalService):
     # -- lifecycle
 
     def stop(self) -> None:
-        """Fast shutdown (disconnects clients, checkpoints) and wait for it."""
-        if not self.running:
+        """Fast shutdown (disconnects clients, checkpoints) and wait for it.
+
+        Done as pg_ctl does it, with SIGINT to the postmaster, but without pg_ctl: that
+        needs the postgres user to reach the data directory by its absolute path, and a
+        concurrent pytest session resets /tmp/pytest-of-root to mode 0700 at its start.
+        """
+        pid = self.pid
+        if pid is None:
             self._forget()
             return
-        bindir = self._bindir or find_postgres_bindir()
-        result = self._run(
-            [
-                str(bindir / "pg_ctl"),
-                "stop",
-                "-D",
-                str(self.data_dir),
-                "-m",
-                "fast",
-                "-w",
-                "-t",
-                str(int(STOP_TIMEOUT_SECONDS)),
-                "-s",
-            ],
-            timeout=STOP_TIMEOUT_SECONDS + 5,
-        )
-        if result.returncode != 0 and self.running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
+        if not _wait_until(lambda: not _pid_alive(pid), STOP_TIMEOUT_SECONDS):
             _LOGGER.warning(
-                "pg_ctl stop failed (%s): %s; killing postgres",
-                result.returncode,
-                result.stderr.strip(),
+                "postgres (pid %s) did not shut down within %ss; killing it",
+                pid,
+                STOP_TIMEOUT_SECONDS,
             )
             self.kill()
             return
@@ -879,36 +954,47 @@ class PostgresProcess(_LocalService):
                 self.log_tail(),
             ) from exc
 
+    def _choose_home(self) -> Path:
+        if not self._as_root():
+            return self._run_dir
+        try:
+            user = pwd.getpwnam(POSTGRES_SYSTEM_USER)
+        except KeyError:
+            return self._run_dir  # start() explains
+        digest = hashlib.sha256(str(self._run_dir).encode()).hexdigest()
+        stand_in = POSTGRES_RELOCATION_ROOT / digest[:_RELOCATION_NAME_HEX_CHARS]
+        if _stand_in_belongs_to(stand_in, self._run_dir):
+            return stand_in  # keep using the cluster made earlier for this run directory
+        return self._run_dir if _reachable_by(self._run_dir, user) else stand_in
+
     def _prepare_run_dir(self) -> None:
         self._run_dir.mkdir(parents=True, exist_ok=True)
+        home = self.home
+        if home != self._run_dir and not _stand_in_belongs_to(home, self._run_dir):
+            _LOGGER.info(
+                "user %s cannot reach %s; the cluster lives in %s",
+                POSTGRES_SYSTEM_USER,
+                self._run_dir,
+                home,
+            )
+            POSTGRES_RELOCATION_ROOT.mkdir(mode=0o755, exist_ok=True)
+            _sweep_stand_ins(keep=home)
+            if home.exists():  # made for a deleted run directory of the same name
+                if self.running:
+                    self.kill()
+                shutil.rmtree(home)
+            home.mkdir()
+            (home / _STAND_IN_OWNER_FILE).write_text(f"{self._run_dir}\n", encoding="utf-8")
+            link = self._run_dir / STAND_IN_LINK_NAME
+            link.unlink(missing_ok=True)
+            link.symlink_to(home, target_is_directory=True)
         self.socket_dir.mkdir(exist_ok=True)
         if not self._as_root():
             return
         user = self._system_user()
-        for path in (self._run_dir, self.socket_dir, self.log_path):
+        for path in (home, self.socket_dir, self.log_path):
             if path.exists():
                 os.chown(path, user.pw_uid, user.pw_gid)
-        self._grant_traversal(user)
-
-    def _grant_traversal(self, user: pwd.struct_passwd) -> None:
-        """Let the postgres user reach the run directory through all its ancestors."""
-        groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
-        for ancestor in reversed(self._run_dir.parents):
-            st = ancestor.stat()
-            if st.st_uid == user.pw_uid:
-                ok = bool(st.st_mode & stat.S_IXUSR)
-            elif st.st_gid in groups:
-                ok = bool(st.st_mode & stat.S_IXGRP)
-            else:
-                ok = bool(st.st_mode & stat.S_IXOTH)
-            if not ok:
-                _LOGGER.warning(
-                    "granting o+x on %s so that user %s can reach %s",
-                    ancestor,
-                    user.pw_name,
-                    self._run_dir,
-                )
-                os.chmod(ancestor, stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
     def _initdb(self, bindir: Path) -> None:
         _LOGGER.info("initdb %s", self.data_dir)

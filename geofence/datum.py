@@ -19,7 +19,7 @@ that `convert_geometry_to_wgs84` converts a polygon of thousands of vertices in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import cast
 
@@ -65,21 +65,24 @@ def _out_of_china(lon: Array, lat: Array) -> npt.NDArray[np.bool_]:
 
 def _gcj_delta(lon: Array, lat: Array) -> tuple[Array, Array]:
     """GCJ-02 minus WGS-84 offset (dlon, dlat) in degrees at WGS-84 (lon, lat); no China test."""
-    x = lon - 105.0
-    y = lat - 35.0
-    sq = np.sqrt(np.abs(x))
-    common = (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
-    dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * sq + common
-    dlat += (20.0 * np.sin(y * np.pi) + 40.0 * np.sin(y / 3.0 * np.pi)) * 2.0 / 3.0
-    dlat += (160.0 * np.sin(y / 12.0 * np.pi) + 320.0 * np.sin(y * np.pi / 30.0)) * 2.0 / 3.0
-    dlon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * sq + common
-    dlon += (20.0 * np.sin(x * np.pi) + 40.0 * np.sin(x / 3.0 * np.pi)) * 2.0 / 3.0
-    dlon += (150.0 * np.sin(x / 12.0 * np.pi) + 300.0 * np.sin(x / 30.0 * np.pi)) * 2.0 / 3.0
-    radlat = lat / 180.0 * np.pi
-    magic = 1.0 - _EE * np.sin(radlat) ** 2
-    sqrtmagic = np.sqrt(magic)
-    dlat = (dlat * 180.0) / ((_A * (1.0 - _EE)) / (magic * sqrtmagic) * np.pi)
-    dlon = (dlon * 180.0) / (_A / sqrtmagic * np.cos(radlat) * np.pi)
+    # Far outside China (even non-finite input) the offset is computed, then masked out by
+    # the callers; numpy's warnings about it would only be noise.
+    with np.errstate(all="ignore"):
+        x = lon - 105.0
+        y = lat - 35.0
+        sq = np.sqrt(np.abs(x))
+        common = (20.0 * np.sin(6.0 * x * np.pi) + 20.0 * np.sin(2.0 * x * np.pi)) * 2.0 / 3.0
+        dlat = -100.0 + 2.0 * x + 3.0 * y + 0.2 * y * y + 0.1 * x * y + 0.2 * sq + common
+        dlat += (20.0 * np.sin(y * np.pi) + 40.0 * np.sin(y / 3.0 * np.pi)) * 2.0 / 3.0
+        dlat += (160.0 * np.sin(y / 12.0 * np.pi) + 320.0 * np.sin(y * np.pi / 30.0)) * 2.0 / 3.0
+        dlon = 300.0 + x + 2.0 * y + 0.1 * x * x + 0.1 * x * y + 0.1 * sq + common
+        dlon += (20.0 * np.sin(x * np.pi) + 40.0 * np.sin(x / 3.0 * np.pi)) * 2.0 / 3.0
+        dlon += (150.0 * np.sin(x / 12.0 * np.pi) + 300.0 * np.sin(x / 30.0 * np.pi)) * 2.0 / 3.0
+        radlat = lat / 180.0 * np.pi
+        magic = 1.0 - _EE * np.sin(radlat) ** 2
+        sqrtmagic = np.sqrt(magic)
+        dlat = (dlat * 180.0) / ((_A * (1.0 - _EE)) / (magic * sqrtmagic) * np.pi)
+        dlon = (dlon * 180.0) / (_A / sqrtmagic * np.cos(radlat) * np.pi)
     return dlon, dlat
 
 
@@ -204,10 +207,29 @@ def convert_geometry_to_wgs84(datum: Datum | str, geom: BaseGeometry) -> BaseGeo
     fn = _TO_WGS84[Datum(datum)]
     if fn is _identity:
         return geom
+    return cast(BaseGeometry, shapely.transform(geom, _vertex_converter(fn), include_z=None))
 
+
+def convert_geometries_to_wgs84(
+    datum: Datum | str, geoms: Sequence[BaseGeometry]
+) -> list[BaseGeometry]:
+    """`convert_geometry_to_wgs84` for many geometries (a zone file) in one vectorised pass.
+
+    The per-call cost of the numpy pipeline dwarfs the per-vertex cost for a zone of a few
+    dozen vertices: converting a file's zones together is ~50x faster than one by one."""
+    fn = _TO_WGS84[Datum(datum)]
+    if fn is _identity or not geoms:
+        return list(geoms)
+    array = np.empty(len(geoms), dtype=object)
+    array[:] = list(geoms)
+    converted = shapely.transform(array, _vertex_converter(fn), include_z=None)
+    return [cast(BaseGeometry, g) for g in converted]
+
+
+def _vertex_converter(fn: _PairFn) -> Callable[[Array], Array]:
     def _xy(coords: Array) -> Array:
         out = np.array(coords, dtype=np.float64, copy=True)
         out[:, 0], out[:, 1] = fn(out[:, 0].copy(), out[:, 1].copy())
         return out
 
-    return cast(BaseGeometry, shapely.transform(geom, _xy, include_z=None))
+    return _xy

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 from pytest_asyncio import is_async_test
@@ -31,6 +34,23 @@ _START_HINT = (
     "run the tests through `bash scripts/test.sh`, which installs mosquitto and the "
     "PostgreSQL server (scripts/bootstrap.sh)"
 )
+
+
+def _interrupt_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"pytest got signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM (a timeout, a cancelled CI job) into an interruption.
+
+    pytest then still tears the session fixtures down, so the servers are stopped; by
+    default SIGTERM kills pytest at once and leaves them running as orphans.
+    """
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _interrupt_on_sigterm)
 
 
 def _start_or_fail(service: MosquittoProcess | PostgresProcess) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import signal
 import socket
 import time
 import uuid
@@ -155,6 +157,32 @@ def test_postgres_reuses_data_and_stops_a_leftover_server(tmp_path: Path) -> Non
         second.stop()
         first.stop()
     assert not second.running
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs postgres as another user")
+def test_postgres_as_root_under_a_private_dir_uses_a_stand_in(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)  # like /tmp/pytest-of-root: user postgres cannot enter
+    run_dir = private / "pg"
+    with PostgresProcess(run_dir) as server:
+        home = server.home
+        assert home.parent == localservices.POSTGRES_RELOCATION_ROOT
+        assert (run_dir / "postgres-home").resolve() == home
+        assert server.data_dir == home / "data"
+        with psycopg.connect(server.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE old (i int)")
+        assert oct(private.stat().st_mode & 0o777) == oct(0o700)  # left alone
+    # A new run directory of the same name gets a new cluster, not the old one.
+    shutil.rmtree(run_dir)
+    run_dir.mkdir()
+    with PostgresProcess(run_dir) as server:
+        assert server.home == home
+        with psycopg.connect(server.dsn) as conn:
+            assert conn.execute("SELECT to_regclass('old')").fetchone() == (None,)
+    # Once its run directory is gone, a stand-in is swept away.
+    shutil.rmtree(run_dir)
+    localservices._sweep_stand_ins(keep=tmp_path)
+    assert not home.exists()
 
 
 def test_postgres_missing_binaries_is_a_clear_error(
@@ -336,3 +364,32 @@ def test_lingering_task_check(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*ERROR at teardown of test_leaky*", "*leaky-sleeper*"])
+
+
+_INNER_SIGTERM_TEST = """
+import os
+import signal
+from pathlib import Path
+
+
+def test_terminated(mosquitto):
+    Path(os.environ["EMON_TEST_PID_FILE"]).write_text(str(mosquitto.pid))
+    os.kill(os.getpid(), signal.SIGTERM)
+"""
+
+
+def test_sigterm_to_pytest_still_stops_the_servers(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pid_file = tmp_path / "mosquitto.pid"
+    monkeypatch.setenv("EMON_TEST_PID_FILE", str(pid_file))
+    pytester.makeconftest(Path(__file__).with_name("conftest.py").read_text(encoding="utf-8"))
+    pytester.makepyfile(test_inner=_INNER_SIGTERM_TEST)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    pid = int(pid_file.read_text(encoding="utf-8"))
+    try:
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        assert not localservices._pid_alive(pid), "the broker outlived its pytest session"
+    finally:
+        if localservices._pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

@@ -40,7 +40,7 @@ def edit(directory: Path, relative: str, old: str, new: str) -> None:
 def problems_of(directory: Path) -> list[ConfigProblem]:
     with pytest.raises(ConfigError) as info:
         load_config(directory, env={})
-    return info.value.problems
+    return info.value.errors
 
 
 def keys(problems: list[ConfigProblem]) -> list[tuple[str, str]]:

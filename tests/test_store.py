@@ -33,6 +33,7 @@ from daemon.store import (
     migrate,
     open_pool,
 )
+from daemon.store.migrations import load_migrations
 from daemon.store.schema import timescale_available
 from geofence.observation import DeviceEvent, DeviceEventType, FixSource, LocationFix
 
@@ -40,6 +41,7 @@ pytestmark = pytest.mark.services
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
 # Generous bounds for "eventually": CI machines are slow, and these only cap a failure.
+LATEST_VERSION = load_migrations()[-1].version  # later issues add migrations
 EVENTUALLY_SECONDS = 10.0
 POLL_SECONDS = 0.02
 
@@ -102,11 +104,11 @@ _BLOCKED_WRITE = (
 )
 
 
-async def writer_blocked_on_lock(dsn: str) -> None:
-    """Wait until the writer's COPY/INSERT is waiting for a table lock the test holds."""
+async def writer_blocked_on_lock(dsn: str, writes: int = 1) -> None:
+    """Wait until `writes` COPY/INSERTs of the writer wait for a table lock the test holds."""
     query = "SELECT count(*) FROM pg_stat_activity WHERE " + _BLOCKED_WRITE
     for _ in range(int(EVENTUALLY_SECONDS / POLL_SECONDS)):
-        if await scalar(dsn, query):
+        if await scalar(dsn, query) >= writes:
             return
         await asyncio.sleep(POLL_SECONDS)
     pytest.fail("the writer never blocked on the table lock")
@@ -128,11 +130,13 @@ async def test_migrate_twice_is_idempotent_and_reports_layout(pg_dsn: str) -> No
     first = await migrate(pg_dsn)
     second = await migrate(pg_dsn)
 
-    assert first == second == StoreInfo(timescale=expect_timescale, version="0002")
+    assert first == second == StoreInfo(timescale=expect_timescale, version=LATEST_VERSION)
     layout = "timescale" if expect_timescale else "plain"
     async with await AsyncConnection.connect(pg_dsn) as conn:
         cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
-        assert await cur.fetchall() == [("0001", "core_tables"), ("0002", f"time_series.{layout}")]
+        rows = await cur.fetchall()
+        assert rows[:2] == [("0001", "core_tables"), ("0002", f"time_series.{layout}")]
+        assert len(rows) == len(load_migrations())
         cur = await conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
             " AND tablename = ANY(%s)",
@@ -151,7 +155,7 @@ async def test_concurrent_migrations_do_not_race(pg_dsn: str) -> None:
     infos = await asyncio.gather(*(migrate(pg_dsn) for _ in range(4)))
 
     assert len(set(infos)) == 1
-    assert await count(pg_dsn, "schema_migrations") == 2
+    assert await count(pg_dsn, "schema_migrations") == len(load_migrations())
 
 
 async def test_forced_plain_layout_is_recorded_and_kept(pg_dsn: str) -> None:
@@ -159,7 +163,7 @@ async def test_forced_plain_layout_is_recorded_and_kept(pg_dsn: str) -> None:
     # A later start in auto mode follows the recorded layout.
     again = await migrate(pg_dsn)
 
-    assert info == again == StoreInfo(timescale=False, version="0002")
+    assert info == again == StoreInfo(timescale=False, version=LATEST_VERSION)
     name = await scalar(pg_dsn, "SELECT name FROM schema_migrations WHERE version = '0002'")
     assert name == "time_series.plain"
 
@@ -252,6 +256,37 @@ async def test_replaying_a_batch_stores_nothing_new(migrated: str) -> None:
     assert extra == {"note": "replay"}
 
 
+async def test_concurrent_batches_with_the_same_keys_store_each_row_once(
+    migrated: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Both workers write the same keys in opposite orders, released at the same
+    # instant: they meet in the middle and deadlock; the server aborts one, which is
+    # retried (not an outage), and every row is stored once.
+    dsn = migrated
+    fixes = [fix(f"dev-c{d}", i) for d in range(4) for i in range(500)]
+    conflicts_before = metric("emon_store_write_errors_total", error="DeadlockDetected")
+    async with await AsyncConnection.connect(dsn) as locker:
+        await locker.execute("LOCK TABLE pings IN ACCESS EXCLUSIVE MODE")
+        async with (
+            open_pool(dsn) as pool,
+            PingWriter(pool, flush_rows=2000, max_batch_rows=2000, write_concurrency=2) as w,
+        ):
+            for obs in fixes:
+                await w.put(obs, "subject-c")
+            await writer_blocked_on_lock(dsn, 1)
+            for obs in reversed(fixes):
+                await w.put(obs, "subject-c")
+            await writer_blocked_on_lock(dsn, 2)
+            await locker.commit()
+            await w.flush()
+
+    assert await count(dsn, "pings") == 2000
+    assert await scalar(dsn, "SELECT count(DISTINCT (device_id, ts)) FROM pings") == 2000
+    deadlocks = metric("emon_store_write_errors_total", error="DeadlockDetected")
+    assert deadlocks - conflicts_before >= 1
+    assert "cannot write to the database" not in caplog.text  # not an outage
+
+
 async def test_few_rows_are_flushed_by_age(migrated: str) -> None:
     dsn = migrated
     age = 0.5
@@ -303,17 +338,24 @@ async def test_full_buffer_backpressure_and_overflow(migrated: str) -> None:
         await locker.execute("LOCK TABLE pings IN ACCESS EXCLUSIVE MODE")
         async with (
             open_pool(dsn) as pool,
-            PingWriter(pool, flush_rows=2, buffer_rows=4, flush_interval_seconds=0.01) as writer,
+            PingWriter(
+                pool, flush_rows=2, buffer_rows=4, flush_interval_seconds=0.01, write_concurrency=2
+            ) as writer,
         ):
+            # One batch of 2 per worker, both stuck behind the lock...
             for i in range(2):
                 await writer.put(fix("dev-b", i), "subject-b")
-            await writer_blocked_on_lock(dsn)  # the batch of 2 is out of the buffer
-            for i in range(2, 6):
+            await writer_blocked_on_lock(dsn, 1)
+            for i in range(2, 4):
+                await writer.put(fix("dev-b", i), "subject-b")
+            await writer_blocked_on_lock(dsn, 2)
+            # ...so the buffer (4 rows) fills up.
+            for i in range(4, 8):
                 assert writer.try_put(fix("dev-b", i), "subject-b")
-            assert not writer.try_put(fix("dev-b", 6), "subject-b")
+            assert not writer.try_put(fix("dev-b", 8), "subject-b")
             assert metric("emon_store_buffer_overflow_total") - overflow_before == 1
 
-            blocked = asyncio.create_task(writer.put(fix("dev-b", 7), "subject-b"))
+            blocked = asyncio.create_task(writer.put(fix("dev-b", 9), "subject-b"))
             await asyncio.sleep(0.2)
             assert not blocked.done()
             assert metric("emon_store_put_waits_total") - waits_before == 1
@@ -321,7 +363,7 @@ async def test_full_buffer_backpressure_and_overflow(migrated: str) -> None:
             await locker.commit()  # release the table
             await blocked
             await writer.flush()
-    assert await count(dsn, "pings") == 7  # 0..5 and 7; 6 was refused
+    assert await count(dsn, "pings") == 9  # 0..7 and 9; 8 was refused
 
 
 async def test_unstorable_values_are_refused_at_put(migrated: str) -> None:

@@ -1,0 +1,38 @@
+"""The README's demo command works: `emon demo` brings up its own broker and database,
+simulates a day, and prints the expected alerts."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from simulators.scripted_day import expected_alerts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.services]
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_TIMEOUT_SECONDS = 180
+
+
+def test_demo_prints_every_expected_alert(tmp_path: Path) -> None:
+    env = dict(os.environ, EMON_HTTP_PORT="0")
+    result = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "demo", "--speed", "100000", "--exit-after-day",
+         "--run-dir", str(tmp_path / "demo")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    opened = [line for line in result.stdout.splitlines() if " OPENED " in line]
+    assert len(opened) == len(expected_alerts())
+    for alert in expected_alerts():
+        assert any(
+            alert.rule.value in line and f"subject {alert.subject_id} " in line
+            and alert.tier.value.upper() in line
+            for line in opened
+        ), alert
+    assert "Open alerts: 4." in result.stdout
