@@ -53,6 +53,7 @@ from daemon.wire import (
     deadletter_payload,
     device_id_of_topic,
 )
+from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -213,6 +214,7 @@ class Daemon:
                 AlertingService(
                     self._loaded, self._pipeline, pool,
                     self._publish_recorded, self._publish_and_wait,
+                    leave=ConfigLeaveCalendar(lambda: self._pipeline.config),
                 )
             )
             self._alerting = alerting

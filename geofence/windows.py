@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from geofence.config import ExclusionAssignment, InclusionAssignment, LeaveSpec, SubjectSpec
+from geofence.config import (
+    CoreConfig,
+    ExclusionAssignment,
+    InclusionAssignment,
+    LeaveSpec,
+    SubjectSpec,
+)
 from geofence.schedule import Schedule
 
 Interval = tuple[datetime, datetime]
@@ -36,6 +42,20 @@ def leave_at(subject: SubjectSpec, at: datetime) -> LeaveSpec | None:
 
 def _suspended(subject: SubjectSpec, at: datetime) -> bool:
     return any(leave.start <= at < leave.exempt_until for leave in subject.leaves)
+
+
+class ConfigLeaveCalendar:
+    """Approved leave of the config in force, as the alert lifecycle asks for it
+    (`alerts.suppression.LeaveCalendar`: its `leave_mutes` hold back notifications while a
+    subject is on leave, return grace included). Reads the config at each call, so a reload
+    that adds or cancels a leave takes effect at once."""
+
+    def __init__(self, config_of: Callable[[], CoreConfig]) -> None:
+        self._config_of = config_of
+
+    def on_leave(self, subject_id: str, at: datetime) -> bool:
+        subject = self._config_of().subjects.get(subject_id)
+        return subject is not None and _suspended(subject, at)
 
 
 def _clip_by_leaves(subject: SubjectSpec, at: datetime, window: Interval) -> Interval | None:

@@ -14,6 +14,7 @@ import shapely
 from alerts.model import RuleId
 from daemon.configfiles import ConfigError, ConfigProblem, LoadedConfig, load_config
 from geofence.observation import DeviceKind
+from geofence.windows import ConfigLeaveCalendar
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
@@ -214,3 +215,17 @@ def test_no_leaves_file_is_no_leave(config_copy: Path) -> None:
     (config_copy / "leaves.yaml").unlink()
     core = load_config(config_copy, env={}).core
     assert all(s.leaves == () for s in core.subjects.values())
+
+
+def test_the_leave_calendar_tells_the_alert_lifecycle_who_is_on_leave(
+    example: LoadedConfig,
+) -> None:
+    calendar = ConfigLeaveCalendar(lambda: example.core)
+    at = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)  # 10:00 local
+    assert calendar.on_leave("s003", at)
+    assert not calendar.on_leave("s001", at)
+    assert not calendar.on_leave("nobody", at)
+    # The return grace (30 min after 20:00 local) still counts; after it, not.
+    assert calendar.on_leave("s003", datetime(2026, 12, 5, 12, 20, tzinfo=UTC))
+    assert not calendar.on_leave("s003", datetime(2026, 12, 5, 12, 30, tzinfo=UTC))
+    assert not calendar.on_leave("s003", datetime(2026, 12, 4, 23, 59, tzinfo=UTC))
