@@ -50,6 +50,7 @@ from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
 )
@@ -397,10 +398,13 @@ class Daemon:
                 )
             )
             return
+        if outcome.ignored is not None:
+            metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
+            return
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
-        metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
+        metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
         await self._writer.put(observation, outcome.subject_id, outcome.config_version)

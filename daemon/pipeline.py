@@ -12,7 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
-from daemon.wire import RejectReason, WireError, decode
+from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
 from geofence.engine import Engine
 from geofence.observation import Observation
@@ -25,6 +25,7 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     rejection: WireError | None = None
+    ignored: str | None = None  # reason: a well-formed message with nothing to evaluate
     # The config this message was decided against (CoreConfig.version): stored with the
     # row, so every decision names exactly one whole config, also across a hot reload.
     config_version: str = ""
@@ -36,6 +37,7 @@ class Pipeline:
         self.engine = Engine(config)
         self.book = AlertBook(self._officer_of, config.alerting.tier_policies())
         self.rejections: Counter[RejectReason] = Counter()
+        self.ignored: Counter[str] = Counter()
 
     @property
     def config(self) -> CoreConfig:
@@ -55,7 +57,11 @@ class Pipeline:
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         version = self._config.version
         try:
-            observation = decode(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at)
+            if isinstance(decoded, IgnoredMessage):
+                self.ignored[decoded.reason] += 1
+                return Outcome(ignored=decoded.reason, config_version=version)
+            observation = decoded
             spec = self._config.devices.get(observation.device_id)
             if spec is None:
                 # A device not in the roster is refused, never evaluated or stored.

@@ -47,6 +47,7 @@ class ReplayStats:
     bad_lines: int = 0
     transitions: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 class ReplayLineError(ValueError):
@@ -136,6 +137,8 @@ class Replayer:
         outcome = self.pipeline.handle(message.topic, message.payload, message.received_at)
         if outcome.rejection is not None:
             self.stats.rejections[outcome.rejection.reason.value] += 1
+        if outcome.ignored is not None:
+            self.stats.ignored[outcome.ignored] += 1
         # The daemon sweeps as soon as an alert opens: the first step is not a tick late.
         transitions += self._escalate(outcome.transitions, message.received_at)
         self.stats.transitions += len(transitions)
@@ -182,6 +185,7 @@ def replay_lines(
     if progress is not None:
         progress.write(
             f"replay: done, {stats.lines} lines ({stats.bad_lines} unreadable), "
-            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}\n"
+            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}, "
+            f"ignored: {dict(stats.ignored)}\n"
         )
     return stats
