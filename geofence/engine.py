@@ -43,6 +43,9 @@ __all__ = ["LIVE_LAG_TOLERANCE", "DeviceState", "Engine", "Membership"]
 LIVE_LAG_TOLERANCE = timedelta(minutes=5)
 # A wake-up that would not move forward is pushed this far ahead (guards the tick loop).
 MIN_WAKE_STEP = timedelta(microseconds=1)
+# A backlog of late fixes is judged at the next in-order fix, or after the device has sent
+# nothing for this long (the burst is over).
+LATE_SETTLE = timedelta(minutes=2)
 
 
 class Engine:
@@ -261,6 +264,9 @@ class Engine:
             moment, _, index = heapq.heappop(work)
             ctx = due[index]
             findings += self._device_rules.on_tick(ctx, moment)
+            settle = self._late_settle_at(ctx.state)
+            if settle is not None and settle <= moment:
+                findings += self._settle_late(ctx, moment)
             if ctx.state.last_fix is not None and self._next_boundary(ctx) <= moment:
                 findings += self._zone_rules.on_time(ctx, self._next_boundary(ctx))
             following = self._next_moment(ctx, now)
@@ -277,11 +283,20 @@ class Engine:
         liveness = self._device_rules.deadline(ctx)
         if liveness is not None and liveness <= now:
             candidates.append(liveness)
+        settle = self._late_settle_at(ctx.state)
+        if settle is not None and settle <= now:
+            candidates.append(settle)
         if ctx.state.last_fix is not None and ctx.subject.has_time_rules:
             boundary = self._next_boundary(ctx)
             if boundary <= self._device_now(ctx.state, now):
                 candidates.append(boundary)
         return min(candidates, default=None)
+
+    @staticmethod
+    def _late_settle_at(state: DeviceState) -> datetime | None:
+        if not state.late_open or state.last_arrival is None:
+            return None
+        return state.last_arrival + LATE_SETTLE
 
     @staticmethod
     def _lag(state: DeviceState) -> timedelta:
@@ -310,6 +325,9 @@ class Engine:
         liveness = self._device_rules.deadline(ctx)
         if liveness is not None:
             candidates.append(liveness)
+        settle = self._late_settle_at(state)
+        if settle is not None:
+            candidates.append(settle)
         if state.last_fix is not None and ctx.subject.has_time_rules:
             boundary = self._next_boundary(ctx)
             if boundary < FAR_FUTURE:

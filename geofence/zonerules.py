@@ -559,10 +559,14 @@ class ZoneRules:
         live stream missed (a visit during a coverage gap). Never moves a track; a violation
         already reported, or overlapping one, is not reported again.
 
-        A violation is reported once its end is known from the late fixes themselves (a
-        later late fix back on the right side). While the backlog is still arriving and the
-        late fixes end on the wrong side, it waits (`DeviceState.late_open`); the next
-        in-order fix settles it with `final`, ending it at the evaluated fix after the gap."""
+        A backlog arrives in pieces and in any order (oldest or newest first), so the gap is
+        only marked (`DeviceState.late_open`) as its fixes come in; it is judged once the
+        backlog is complete (`final`): at the next in-order fix, or when the device has been
+        quiet for a while (the engine's tick). Judged earlier, a newest-first backlog would
+        date the violation at its last minutes."""
+        if not final:
+            ctx.state.late_open.add(gap_start.fix.ts)
+            return []
         state = ctx.state
         late = state.late.get(gap_start.fix.ts, [])
         if not late:
@@ -596,9 +600,6 @@ class ZoneRules:
             start, end_ts, run = found
             in_force = window_fn(start)
             if in_force is None:
-                continue
-            if end_ts is None and not final:
-                state.late_open.add(gap_start.fix.ts)
                 continue
             end = end_ts or (gap_end.fix.ts if gap_end is not None else run[-1].fix.ts)
             end = min(end, in_force[1])

@@ -329,9 +329,10 @@ def test_late_backlog_reveals_a_visit_the_live_stream_missed() -> None:
     backlog = every(away, t0 + 5 * MINUTE, t0 + 7 * MINUTE)
     backlog += every(SCHOOL_XY, t0 + 7 * MINUTE, t0 + 13 * MINUTE)
     backlog += every(away, t0 + 13 * MINUTE, now)
-    found = []
-    for f in backlog:
-        found += e.observe(f, now + MINUTE)
+    # Newest first, as some trackers send a backlog: the visit is judged once it is all in.
+    assert [x for f in reversed(backlog) for x in e.observe(f, now + MINUTE)] == []
+    # The next live fix settles the backlog.
+    found = e.observe(gps(away, now + MINUTE), now + MINUTE + SECOND)
     assert summary(found) == [
         (RAISED, RuleId.EXCLUSION_ENTRY, SCHOOL, t0 + 7 * MINUTE),
         (CLEARED, RuleId.EXCLUSION_ENTRY, SCHOOL, t0 + 13 * MINUTE),
@@ -345,6 +346,24 @@ def test_late_backlog_reveals_a_visit_the_live_stream_missed() -> None:
     assert e.stats["late_violation_found"] == 1
     # The same backlog again (a redelivery) changes nothing.
     assert [x for f in backlog for x in e.observe(f, now + 3 * MINUTE)] == []
+
+
+def test_a_backlog_with_nothing_after_it_is_settled_by_the_clock() -> None:
+    e = engine(approach_m=0.0)
+    t0 = sun(12)
+    away = (0.0, 0.0)
+    feed(e, every(away, t0, t0 + 5 * MINUTE))
+    now = t0 + 12 * MINUTE
+    e.observe(gps(away, now), now + 10 * SECOND)
+    backlog = [*every(away, t0 + 5 * MINUTE, t0 + 7 * MINUTE),
+               *every(SCHOOL_XY, t0 + 7 * MINUTE, t0 + 10 * MINUTE),
+               *every(away, t0 + 10 * MINUTE, now)]
+    assert [x for f in backlog for x in e.observe(f, now + 20 * SECOND)] == []
+    assert e.tick(now + MINUTE) == []
+    # Two quiet minutes after the burst, the tick judges it.
+    found = e.tick(now + 20 * SECOND + 2 * MINUTE)
+    assert [s[:2] for s in summary(found)] == [(RAISED, RuleId.EXCLUSION_ENTRY),
+                                               (CLEARED, RuleId.EXCLUSION_ENTRY)]
 
 
 def test_a_backlog_ending_inside_is_settled_by_the_next_live_fix() -> None:
