@@ -196,7 +196,7 @@ class ExclusionRef(_Strict):
 
 
 class InclusionRef(_Strict):
-    zone: Identifier
+    zone: Identifier = Field(title="Inclusion zone id")
     schedule: Identifier = Field(title="Schedule id: the subject must be there while it is active")
     grace_minutes: float = Field(
         0.0, ge=0.0, le=720.0, title="Minutes after each window start before the rule applies"

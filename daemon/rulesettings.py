@@ -127,7 +127,7 @@ class DeviceKindSettings(Strict):
 
 
 class RuleSettings(Strict):
-    zone: ZoneRuleSettings = ZoneRuleSettings()
+    zone: ZoneRuleSettings = Field(ZoneRuleSettings(), title="Zone parameters of every rule")
     zone_overrides: dict[RuleId, ZoneRuleOverride] = Field(
         default_factory=dict, title="Zone parameters per zone rule (e.g. exclusion_approach)"
     )
@@ -138,7 +138,7 @@ class RuleSettings(Strict):
         DEFAULT_MAX_CONSECUTIVE_JUMP_REJECTIONS, ge=1, le=50,
         title="Agreeing rejected fixes in a row after which the device is followed again",
     )
-    crossing: CrossingSettings = CrossingSettings()
+    crossing: CrossingSettings = Field(CrossingSettings(), title="Segment crossing")
     late_horizon_minutes: float = Field(
         DEFAULT_LATE_HORIZON_SECONDS / SECONDS_PER_MINUTE, ge=0, le=7 * 24 * 60,
         title="How far back late (stored and forwarded) fixes are audited",
@@ -249,7 +249,7 @@ class RouteModel(Strict):
 
 
 class LeaveModel(Strict):
-    id: Identifier
+    id: Identifier = Field(title="Leave id (unique)")
     subject: Identifier = Field(title="Subject id")
     start: AwareDatetime = Field(title="Start, RFC 3339 with offset")
     end: AwareDatetime = Field(title="End, RFC 3339 with offset")
