@@ -47,13 +47,16 @@ from daemon.store.migrations import StoreInfo, migrate
 from daemon.store.pool import Pool, open_pool
 from daemon.store.settings import AckPolicy
 from daemon.store.writer import PingWriter
+from daemon.ticks import grid_ceil, grid_floor
 from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
 )
+from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -227,6 +230,7 @@ class Daemon:
                 AlertingService(
                     self._loaded, self._pipeline, pool,
                     self._publish_recorded, self._publish_and_wait,
+                    leave=ConfigLeaveCalendar(lambda: self._pipeline.config),
                 )
             )
             self._alerting = alerting
@@ -244,9 +248,11 @@ class Daemon:
             )
             self.http_port = http.bound_port
             scheduler = AsyncIOScheduler(timezone="UTC")
+            tick_s = self._settings.tick_interval_seconds
             scheduler.add_job(
-                self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
-                id="emon-tick", max_instances=1, coalesce=True,
+                self._tick_job, "interval", seconds=tick_s, id="emon-tick",
+                max_instances=1, coalesce=True,
+                start_date=grid_ceil(datetime.now(UTC), tick_s),  # the grid replay uses
             )
             # First run at once (in the background: ingest does not wait for rollups);
             # today's partitions already exist from the migration.
@@ -458,10 +464,14 @@ class Daemon:
             )
             assert self._writer is not None
             return self._writer.seq
+        if outcome.ignored is not None:
+            metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
+            assert self._writer is not None
+            return self._writer.seq
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
-        metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
+        metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
         target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
@@ -673,7 +683,9 @@ class Daemon:
 
     async def _tick_job(self) -> None:
         try:
-            outcome = self._pipeline.tick_outcome(datetime.now(UTC))
+            # Judged at the grid point this tick belongs to (daemon.ticks), as in replay.
+            now = grid_floor(datetime.now(UTC), self._settings.tick_interval_seconds)
+            outcome = self._pipeline.tick_outcome(now)
             await self._store_zone_transitions(outcome)
             transitions = outcome.transitions
             if transitions:

@@ -13,7 +13,7 @@ from datetime import datetime
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
 from daemon.transitions import ZoneTransition, presence_changes, rule_changes, snapshot
-from daemon.wire import RejectReason, WireError, decode
+from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
 from geofence.engine import Engine
 from geofence.observation import Observation
@@ -26,6 +26,7 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     rejection: WireError | None = None
+    ignored: str | None = None  # reason: a well-formed message with nothing to evaluate
     # The config this message was decided against (CoreConfig.version): stored with the
     # row, so every decision names exactly one whole config, also across a hot reload.
     config_version: str = ""
@@ -39,6 +40,7 @@ class Pipeline:
         self.engine = Engine(config)
         self.book = AlertBook(self._officer_of, config.alerting.tier_policies())
         self.rejections: Counter[RejectReason] = Counter()
+        self.ignored: Counter[str] = Counter()
 
     @property
     def config(self) -> CoreConfig:
@@ -58,7 +60,11 @@ class Pipeline:
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         version = self._config.version
         try:
-            observation = decode(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at)
+            if isinstance(decoded, IgnoredMessage):
+                self.ignored[decoded.reason] += 1
+                return Outcome(ignored=decoded.reason, config_version=version)
+            observation = decoded
             spec = self._config.devices.get(observation.device_id)
             if spec is None:
                 # A device not in the roster is refused, never evaluated or stored.
@@ -75,6 +81,7 @@ class Pipeline:
         zone_transitions = presence_changes(
             observation.device_id, subject, before,
             snapshot(state.memberships if state is not None else None), received_at,
+            zone_ids=self._config.zones.keys(), observed_at=observation.ts,
         ) + rule_changes(findings, self._config.subjects, received_at)
         return Outcome(
             observation, spec.subject_id, findings, transitions, config_version=version,
@@ -89,6 +96,6 @@ class Pipeline:
         findings = self.engine.tick(now)
         transitions = [t for f in findings for t in self.book.apply(f)]
         return Outcome(
-            findings=findings, transitions=transitions,
+            findings=findings, transitions=transitions, config_version=self._config.version,
             zone_transitions=rule_changes(findings, self._config.subjects, now),
         )

@@ -26,6 +26,7 @@ from alerts.escalation import Escalator, Mute
 from alerts.model import Alert, AlertTransition
 from alerts.suppression import mute_for
 from daemon.pipeline import Pipeline
+from daemon.ticks import grid_ceil
 from geofence.config import CoreConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class ReplayStats:
     bad_lines: int = 0
     transitions: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 class ReplayLineError(ValueError):
@@ -124,7 +126,8 @@ class Replayer:
 
     def _ticks_until(self, now: datetime) -> Iterator[AlertTransition]:
         if self._next_tick is None:
-            self._next_tick = now
+            # On the daemon's grid, so ticks interleave with messages as they did live.
+            self._next_tick = grid_ceil(now, self._tick.total_seconds())
         while self._next_tick <= now:
             yield from self._escalate(self.pipeline.tick(self._next_tick), self._next_tick)
             self._next_tick += self._tick
@@ -134,6 +137,8 @@ class Replayer:
         outcome = self.pipeline.handle(message.topic, message.payload, message.received_at)
         if outcome.rejection is not None:
             self.stats.rejections[outcome.rejection.reason.value] += 1
+        if outcome.ignored is not None:
+            self.stats.ignored[outcome.ignored] += 1
         # The daemon sweeps as soon as an alert opens: the first step is not a tick late.
         transitions += self._escalate(outcome.transitions, message.received_at)
         self.stats.transitions += len(transitions)
@@ -180,6 +185,7 @@ def replay_lines(
     if progress is not None:
         progress.write(
             f"replay: done, {stats.lines} lines ({stats.bad_lines} unreadable), "
-            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}\n"
+            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}, "
+            f"ignored: {dict(stats.ignored)}\n"
         )
     return stats

@@ -12,7 +12,7 @@ exactly what the core decided.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -97,18 +97,23 @@ def presence_changes(
     before: PresenceSnapshot,
     after: PresenceSnapshot,
     received_at: datetime,
+    *,
+    zone_ids: Collection[str] | None = None,
+    observed_at: datetime | None = None,
 ) -> list[ZoneTransition]:
-    """Confirmed presence changes between two snapshots, in zone id order (deterministic)."""
+    """Confirmed presence changes between two snapshots, in zone id order (deterministic).
+
+    Only keys that are zone ids (`zone_ids`, when given) count: the engine also tracks
+    warning bands and leave areas under other keys. The engine forgets the track of a
+    far-away zone once it is confirmed outside; a zone the subject was inside that
+    vanishes from the snapshot was therefore left, at the latest at `observed_at` (the
+    fix that made the engine forget it), which is the time recorded.
+    """
     if subject is None:
         return []
     out: list[ZoneTransition] = []
-    for zone_id in sorted(after):
-        presence, since = after[zone_id]
-        old = before.get(zone_id)
-        state = _PRESENCE_STATE.get(presence)
-        if state is None or since is None or (old is not None and old == (presence, since)):
-            continue
-        previous = _PRESENCE_STATE.get(old[0]) if old is not None else None
+
+    def add(zone_id: str, state: TransitionState, ts: datetime, previous: Presence | None) -> None:
         out.append(
             ZoneTransition(
                 device_id=device_id,
@@ -116,12 +121,27 @@ def presence_changes(
                 zone_id=zone_id,
                 kind=PRESENCE_KIND,
                 state=state,
-                ts=since.astimezone(UTC),
+                ts=ts.astimezone(UTC),
                 received_at=received_at,
                 role=role_of(subject, zone_id),
-                previous=previous,
+                previous=_PRESENCE_STATE.get(previous) if previous is not None else None,
             )
         )
+
+    for zone_id in sorted(after.keys() | before.keys()):
+        if zone_ids is not None and zone_id not in zone_ids:
+            continue
+        old = before.get(zone_id)
+        new = after.get(zone_id)
+        if new is None:
+            if old is not None and old[0] is Presence.INSIDE and observed_at is not None:
+                add(zone_id, TransitionState.OUTSIDE, observed_at, Presence.INSIDE)
+            continue
+        presence, since = new
+        state = _PRESENCE_STATE.get(presence)
+        if state is None or since is None or (old is not None and old == new):
+            continue
+        add(zone_id, state, since, old[0] if old is not None else None)
     return out
 
 

@@ -6,7 +6,8 @@ import json
 from datetime import datetime, timedelta
 
 from daemon.pipeline import Pipeline
-from daemon.transitions import TransitionState, ZoneRole, ZoneTransition
+from daemon.transitions import TransitionState, ZoneRole, ZoneTransition, presence_changes
+from geofence.zones import Presence
 from tests.core_helpers import (
     DEVICE,
     HOME,
@@ -57,7 +58,8 @@ def test_presence_and_rule_transitions_of_an_evening() -> None:
         (HOME_ZONE, "presence", "outside", "home", local(21, 30)),
         (HOME_ZONE, "curfew_away", "violated", "home", local(22, 0)),
         (HOME_ZONE, "presence", "inside", "home", local(22, 40)),
-        (HOME_ZONE, "curfew_away", "cleared", "home", local(22, 41)),
+        # The rule ends when presence at home was confirmed (the first fix of the run).
+        (HOME_ZONE, "curfew_away", "cleared", "home", local(22, 40)),
     ]
     assert [t.previous for t in log if t.kind == "presence"] == [
         None, None, TransitionState.INSIDE, TransitionState.OUTSIDE,
@@ -91,3 +93,25 @@ def test_the_same_messages_give_the_same_transitions() -> None:
     first, second = run(), run()
     assert first == second
     assert len(first) >= 4
+
+
+def test_a_forgotten_zone_track_counts_as_left_and_bands_are_not_zones() -> None:
+    config = make_config()
+    subject = config.subjects[SUBJECT]
+    since = local(15, 0)
+    before = {
+        SCHOOL: (Presence.INSIDE, since),
+        SCHOOL + "#approach": (Presence.INSIDE, since),
+    }
+    # The engine dropped the school's track after confirming the subject far outside it.
+    got = presence_changes(
+        DEVICE, subject, before, {}, local(15, 31),
+        zone_ids=config.zones.keys(), observed_at=local(15, 30),
+    )
+    assert summary(got) == [(SCHOOL, "presence", "outside", "exclusion", local(15, 30))]
+    assert got[0].previous is TransitionState.INSIDE
+    # A track that vanishes while outside says nothing new.
+    assert presence_changes(
+        DEVICE, subject, {SCHOOL: (Presence.OUTSIDE, since)}, {}, local(15, 31),
+        zone_ids=config.zones.keys(), observed_at=local(15, 30),
+    ) == []
