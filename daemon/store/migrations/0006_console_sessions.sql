@@ -1,4 +1,4 @@
--- 0005: sign-ins of the officer console (daemon/console). A browser exchanges an API token
+-- 0006: sign-ins of the officer console (daemon/console). A browser exchanges an API token
 -- for a session (an HttpOnly cookie) once; only the cookie's SHA-256 is stored. A session
 -- belongs to the token it was made from: revoking or expiring the token ends its sessions
 -- at the next request (the lookup joins api_tokens), and deleting the token deletes them.
