@@ -1,11 +1,21 @@
 // Words and times as an officer reads them: local wall-clock time and plain ages.
 
+// alerts/model.py RuleId; a rule not listed here shows its id with spaces.
 const RULES: Record<string, string> = {
   strap_open: "Strap opened (tamper)",
+  case_open: "Case opened (tamper)",
   exclusion_entry: "Entered exclusion zone",
+  exclusion_crossed: "Crossed exclusion zone",
+  exclusion_approach: "Near exclusion zone",
   boundary_exit: "Left permitted area",
   curfew_away: "Away from home in curfew",
+  inclusion_away: "Away from scheduled place",
+  leave_area_exit: "Outside approved leave area",
+  device_silent: "Device silent (supervision lost)",
   gnss_lost: "GNSS fix lost",
+  power_off: "Device switched off",
+  battery_low: "Battery low",
+  battery_critical: "Battery critical",
 };
 
 const DISPOSITIONS: Record<string, string> = {
