@@ -149,8 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)
 
+    from daemon.broker_cli import add_parser as add_broker_parser
     from simulators.cli import add_parser as add_sim_parser
 
+    add_broker_parser(sub)
     add_sim_parser(sub)
     return parser
 

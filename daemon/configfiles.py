@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, time
@@ -26,10 +27,18 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import shapely
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 from shapely.validation import explain_validity
 
 from alerts.model import RuleId, Tier
+from daemon.configparse import (
+    ConfigParseError,
+    check_coordinates,
+    decode_utf8,
+    load_json,
+    load_yaml,
+)
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
     DEFAULT_DWELL_SECONDS,
@@ -75,6 +84,11 @@ class MqttSettings(_Strict):
     username: str | None = Field(None, title="Broker user name")
     password_env: str | None = Field(
         None, title="Environment variable that holds the broker password"
+    )
+    tls_ca_file: Path | None = Field(
+        None,
+        title="CA certificate (PEM) to verify the broker by; set: connect over TLS "
+        "(config/mosquitto/README.md), the host name must match the certificate",
     )
     keepalive_seconds: int = Field(30, ge=5, le=3600, title="MQTT keepalive")
     reconnect_max_seconds: float = Field(30.0, ge=1.0, le=600.0, title="Longest reconnect wait")
@@ -175,7 +189,8 @@ class SubjectModel(_Strict):
     def _known_zone(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: "Asia" names a directory of the tz database, not a zone (fuzzing).
             raise ValueError(f"unknown time zone {v!r}") from None
         return v
 
@@ -274,7 +289,10 @@ class LoadedConfig:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False)
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (ValueError, RecursionError):  # a structure too deep to print
+        text = reprlib.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -292,9 +310,11 @@ def _validation_problems(file: str, error: ValidationError) -> list[ConfigProble
 
 def _read_yaml(path: Path, problems: list[ConfigProblem]) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return load_yaml(decode_utf8(path.read_bytes())) or {}
     except OSError as exc:
         problems.append(ConfigProblem(path.name, "(file)", "", f"cannot read: {exc.strerror}"))
+    except ConfigParseError as exc:
+        problems.append(ConfigProblem(path.name, "(yaml)", "", exc.reason, exc.line))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
@@ -335,13 +355,13 @@ def _load_zones(directory: Path, problems: list[ConfigProblem]) -> list[_RawZone
     for path in paths:
         name = f"{ZONES_DIR}/{path.name}"
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(decode_utf8(path.read_bytes()))
             parsed = ZoneFile.model_validate(data)
         except OSError as exc:
             problems.append(ConfigProblem(name, "(file)", "", f"cannot read: {exc.strerror}"))
             continue
-        except json.JSONDecodeError as exc:
-            problems.append(ConfigProblem(name, "(json)", "", exc.msg, exc.lineno))
+        except ConfigParseError as exc:
+            problems.append(ConfigProblem(name, "(json)", "", exc.reason, exc.line))
             continue
         except ValidationError as exc:
             problems.extend(_validation_problems(name, exc))
@@ -349,11 +369,19 @@ def _load_zones(directory: Path, problems: list[ConfigProblem]) -> list[_RawZone
         for index, feature in enumerate(parsed.features):
             key = f"features.{index}.geometry"
             try:
+                check_coordinates(feature.geometry.coordinates)
                 geometry = shapely.geometry.shape(feature.geometry.model_dump())
-            except (ValueError, TypeError, AttributeError, IndexError) as exc:
+                valid = geometry.is_valid
+            except ConfigParseError as exc:
+                problems.append(ConfigProblem(name, key, feature.properties.id, exc.reason))
+                continue
+            except (ValueError, TypeError, AttributeError, IndexError, ShapelyError) as exc:
                 problems.append(ConfigProblem(name, key, feature.properties.id, f"bad: {exc}"))
                 continue
-            if not geometry.is_valid:
+            if geometry.is_empty:
+                problems.append(ConfigProblem(name, key, feature.properties.id, "empty geometry"))
+                continue
+            if not valid:
                 # explain_validity says where: "Self-intersection[114.05 22.54]".
                 problems.append(
                     ConfigProblem(
@@ -403,18 +431,25 @@ def _compile_schedule(schedule_id: str, model: ScheduleModel) -> Schedule:
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
-    mqtt = settings.mqtt
+    # Validated like the file (a port of 99999 or -5 is refused, not carried to a bind).
+    mqtt, database, http = {}, {}, {}
     if ENV_MQTT_HOST in env:
-        mqtt = mqtt.model_copy(update={"host": env[ENV_MQTT_HOST]})
+        mqtt["host"] = env[ENV_MQTT_HOST]
     if ENV_MQTT_PORT in env:
-        mqtt = mqtt.model_copy(update={"port": int(env[ENV_MQTT_PORT])})
-    database = settings.database
+        mqtt["port"] = env[ENV_MQTT_PORT]
     if ENV_DATABASE_URL in env:
-        database = database.model_copy(update={"dsn": env[ENV_DATABASE_URL]})
-    http = settings.http
+        database["dsn"] = env[ENV_DATABASE_URL]
     if ENV_HTTP_PORT in env:
-        http = http.model_copy(update={"port": int(env[ENV_HTTP_PORT])})
-    return settings.model_copy(update={"mqtt": mqtt, "database": database, "http": http})
+        http["port"] = env[ENV_HTTP_PORT]
+    return settings.model_copy(
+        update={
+            "mqtt": MqttSettings.model_validate({**settings.mqtt.model_dump(), **mqtt}),
+            "database": DatabaseSettings.model_validate(
+                {**settings.database.model_dump(), **database}
+            ),
+            "http": HttpSettings.model_validate({**settings.http.model_dump(), **http}),
+        }
+    )
 
 
 def _fingerprint(directory: Path) -> str:

@@ -29,6 +29,10 @@ MAX_EXTRA_FIELDS = 16
 MAX_PAST_AGE = timedelta(days=30)
 MAX_FUTURE_SKEW = timedelta(minutes=15)
 MAX_ACCURACY_M = 100_000.0
+# Devices send flat objects (OwnTracks nests one list). Anything deeper is hostile, and
+# nesting near Python's recursion limit would make re-encoding the kept fields for the
+# store or an alert fail with RecursionError far from here.
+MAX_JSON_DEPTH = 16
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -90,7 +94,53 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
         raise WireError(RejectReason.NOT_JSON, str(exc)[:200]) from None
     if not isinstance(data, dict):
         raise WireError(RejectReason.NOT_OBJECT, f"top level is {type(data).__name__}")
+    _check_carriable(data)
     return data
+
+
+def _check_text(text: str) -> None:
+    # isascii() is O(1) in CPython: the common case costs nothing.
+    if text.isascii():
+        if "\x00" in text:
+            # PostgreSQL's jsonb and text cannot hold U+0000; the row would be refused.
+            raise WireError(RejectReason.NOT_JSON, "a string holds U+0000")
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # An escaped lone surrogate ("\\ud800") parses but is not Unicode text: it can
+        # be neither published as UTF-8 nor stored.
+        raise WireError(RejectReason.NOT_JSON, "a string holds an unpaired surrogate") from None
+    if "\x00" in text:
+        raise WireError(RejectReason.NOT_JSON, "a string holds U+0000")
+
+
+def _check_carriable(data: dict[str, Any]) -> None:
+    """Refuse what parses but cannot be carried on: every field the decoder accepts (the
+    extra ones included) is stored as jsonb and may be published inside an alert.
+
+    Python's json turns 1e400 into infinity, keeps U+0000 and lone surrogates, and nests
+    as deep as its recursion limit allows; none of these can be written back as JSON
+    that PostgreSQL or a UTF-8 consumer accepts. Iterative, so hostile depth costs no
+    stack.
+    """
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_text(value)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise WireError(RejectReason.NON_FINITE, "a number overflows a double (1e400)")
+        elif isinstance(value, dict | list):
+            if depth > MAX_JSON_DEPTH:
+                raise WireError(RejectReason.NOT_JSON, f"nested deeper than {MAX_JSON_DEPTH}")
+            if isinstance(value, dict):
+                for key, item in value.items():
+                    _check_text(key)
+                    stack.append((item, depth + 1))
+            else:
+                stack.extend((item, depth + 1) for item in value)
 
 
 def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:
