@@ -99,20 +99,18 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
 
 
 def _check_text(text: str) -> None:
-    # isascii() is O(1) in CPython: the common case costs nothing.
-    if text.isascii():
-        if "\x00" in text:
-            # PostgreSQL's jsonb and text cannot hold U+0000; the row would be refused.
-            raise WireError(RejectReason.NOT_JSON, "a string holds U+0000")
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        # An escaped lone surrogate ("\\ud800") parses but is not Unicode text: it can
-        # be neither published as UTF-8 nor stored.
-        raise WireError(RejectReason.NOT_JSON, "a string holds an unpaired surrogate") from None
     if "\x00" in text:
+        # PostgreSQL's jsonb and text cannot hold U+0000; the row would be refused.
         raise WireError(RejectReason.NOT_JSON, "a string holds U+0000")
+    if not text.isascii():  # isascii() is O(1) in CPython: ASCII text costs nothing more
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\\ud800", or its UTF-8 bytes, which json.loads(bytes)
+            # lets through) is not Unicode text: neither publishable as UTF-8 nor storable.
+            raise WireError(
+                RejectReason.NOT_JSON, "a string holds an unpaired surrogate"
+            ) from None
 
 
 def _check_carriable(data: dict[str, Any]) -> None:
@@ -122,25 +120,29 @@ def _check_carriable(data: dict[str, Any]) -> None:
     Python's json turns 1e400 into infinity, keeps U+0000 and lone surrogates, and nests
     as deep as its recursion limit allows; none of these can be written back as JSON
     that PostgreSQL or a UTF-8 consumer accepts. Iterative, so hostile depth costs no
-    stack.
+    stack; bench/bench_wire.py measures its cost.
     """
-    stack: list[tuple[Any, int]] = [(data, 1)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, str):
-            _check_text(value)
-        elif isinstance(value, float):
-            if not math.isfinite(value):
-                raise WireError(RejectReason.NON_FINITE, "a number overflows a double (1e400)")
-        elif isinstance(value, dict | list):
-            if depth > MAX_JSON_DEPTH:
-                raise WireError(RejectReason.NOT_JSON, f"nested deeper than {MAX_JSON_DEPTH}")
-            if isinstance(value, dict):
-                for key, item in value.items():
-                    _check_text(key)
-                    stack.append((item, depth + 1))
-            else:
-                stack.extend((item, depth + 1) for item in value)
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(RejectReason.NOT_JSON, f"nested deeper than {MAX_JSON_DEPTH}")
+        values: Any = container
+        if type(container) is dict:
+            for key in container:
+                _check_text(key)
+            values = container.values()
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                _check_text(value)
+            elif kind is float:
+                if not math.isfinite(value):
+                    raise WireError(
+                        RejectReason.NON_FINITE, "a number overflows a double (1e400)"
+                    )
+            elif kind is dict or kind is list:
+                pending.append((value, depth + 1))
 
 
 def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:

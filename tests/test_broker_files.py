@@ -173,8 +173,11 @@ def test_cli_regenerates_after_a_roster_change(tmp_path: Path) -> None:
                             "--alerts-reader", "console-1", "--alerts-reader", "console-2")
     assert code == 0
     text = acl.read_text(encoding="utf-8")
-    assert "user tag-s900\ntopic write emon/v1/devices/tag-s900/location\n" in text
-    assert "user tag-s001" not in text
+    # Devices by pattern (who is a device: the password file); one block per service.
+    assert "\npattern write emon/v1/devices/%u/location\n" in text
+    assert "\npattern write emon/v1/devices/%u/event\n" in text
+    assert "tag-s" not in text
+    assert "# Devices (3 accounts in the password file)" in text
     assert "user console-1\ntopic read emon/v1/alerts/#\n" in text
     assert "user console-2\n" in text
     assert "user alerts-reader" not in text

@@ -175,6 +175,9 @@ async def test_device_cannot_publish_as_another_device(
         await device_a.publish("emon/v1/devices/tag-s002/location", spoof, qos=1)
         await device_a.publish("emon/v1/devices/tag-s002/event", spoof_event, qos=1)
         await device_a.publish("emon/v1/alerts/s002", b'{"forged": true}', qos=1)
+        # Nor may a service account speak for a device.
+        async with login(broker, broker_files, pki, "alerts-reader") as reader:
+            await reader.publish("emon/v1/devices/tag-s002/location", spoof, qos=1)
         marker = ping(acc=3.0)
         await device_b.publish("emon/v1/devices/tag-s002/location", marker, qos=1)
         got = await receive_until(daemon_account, marker)

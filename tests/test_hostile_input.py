@@ -202,6 +202,8 @@ def test_nesting_depth_limit_is_exact() -> None:
         (b'"note": "\\ud800"', RejectReason.NOT_JSON),
         (b'"note": "\\udc00x"', RejectReason.NOT_JSON),
         (b'"\\ud83d": 1', RejectReason.NOT_JSON),
+        # UTF-8 bytes of a surrogate: json.loads(bytes) decodes with surrogatepass.
+        (b'"note": "\xed\xa0\x80"', RejectReason.NOT_JSON),
         (b'"note": "\\ud83d\\ude00"', None),  # a proper surrogate pair is fine (an emoji)
         (b'"note": "\xe4\xb8\xad\xe6\x96\x87"', None),  # UTF-8 text is fine
         (b'"big": 1' + b"0" * 400, None),  # a long integer is storable (jsonb numeric)
