@@ -16,6 +16,8 @@ Two measurements, each on a private broker started from config/mosquitto/mosquit
    time with them, one device's connect time, and the PBKDF2 cost per connect at the
    shipped iteration count against a "stretched" 10,000 (what a reconnect storm of the
    whole fleet after a broker restart costs in CPU).
+3. ACL layout. Broker start time with one `user` block per device against two `pattern`
+   lines (why `emon broker acl` writes patterns).
 
 Numbers move with load on the machine; the load average is printed.
 """
@@ -46,7 +48,7 @@ from daemon.broker import (
     render_acl,
     render_password_file,
 )
-from daemon.localservices import LOOPBACK_HOST, ConfiguredMosquittoProcess
+from daemon.localservices import LOOPBACK_HOST, ConfiguredMosquittoProcess, LocalServiceError
 from tests.broker_helpers import (
     BROKER_TEMPLATE,
     CONFIG_DIR,
@@ -166,15 +168,56 @@ async def accounts_at_scale(base: Path, count: int) -> None:
               f"the whole fleet reconnecting: {per_connect * count:6.1f} CPU-s")
 
 
+def per_user_acl_start(base: Path, counts: list[int]) -> None:
+    """Why devices get ACL patterns: start time with one `user` block per device (what a
+    naive generator writes) against the same accounts by pattern."""
+    pki = make_pki(base / "pki")
+    entry = hash_password("x")
+    for count in counts:
+        names = [f"tag-{i:06d}" for i in range(count)]
+        accounts = [
+            Account(n, AccountRole.DEVICE, tuple(Grant("write", t) for t in device_topics(n)))
+            for n in names
+        ]
+        password_file = base / f"passwd-{count}"
+        password_file.write_text(render_password_file(dict.fromkeys(names, entry), "bench"))
+        blocks = base / f"acl-blocks-{count}"
+        blocks.write_text("".join(
+            f"user {a.name}\n" + "".join(f"topic {g.access} {g.topic}\n" for g in a.grants)
+            for a in accounts
+        ))
+        patterns = base / f"acl-patterns-{count}"
+        patterns.write_text(render_acl(accounts, "bench"))
+        timings = []
+        for acl in (blocks, patterns):
+            broker = ConfiguredMosquittoProcess(
+                base / f"broker-{acl.name}", BROKER_TEMPLATE, password_file=password_file,
+                acl_file=acl, certfile=pki.server_cert, keyfile=pki.server_key,
+            )  # fmt: skip
+            started = time.perf_counter()
+            try:
+                with broker:
+                    timings.append(f"{time.perf_counter() - started:6.2f} s")
+            except LocalServiceError:
+                timings.append("no start within 30 s")
+        print(f"  {count:>7,} devices: broker start with per-user blocks {timings[0]}, "
+              f"with patterns {timings[1]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--queued", type=int, default=200_000)
     parser.add_argument("--accounts", type=int, default=100_000)
+    parser.add_argument("--acl-blocks", default="5000,10000,20000",
+                        help="device counts for the per-user ACL comparison ('' to skip)")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory(prefix="emon-bench-broker-") as tmp:
         asyncio.run(queue_memory(Path(tmp) / "queue", args.queued))
         asyncio.run(accounts_at_scale(Path(tmp) / "accounts", args.accounts))
+        if args.acl_blocks:
+            print("ACL: one user block per device vs two patterns")
+            per_user_acl_start(Path(tmp) / "acl", [int(n) for n in args.acl_blocks.split(",")])
 
 
 if __name__ == "__main__":
