@@ -159,8 +159,8 @@ def render_acl(accounts: Iterable[Account], source: str) -> str:
     blocks 29 s, 100,000 not within 30 s), while two patterns cost the same for any fleet
     (100,000 accounts: 0.44 s). Who is a device is then decided by the password file
     alone. A pattern applies to every account, so a service account may publish as a
-    device named after itself; build_accounts() forbids such device ids, so the daemon refuses those
-    messages as unknown_device.
+    device named after itself; build_accounts() forbids such device ids, so the daemon
+    refuses those messages as unknown_device.
     """
     accounts = list(accounts)
     services = [a for a in accounts if a.role is not AccountRole.DEVICE]
