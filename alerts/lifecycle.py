@@ -17,6 +17,7 @@ from alerts.model import (
     Alert,
     AlertState,
     AlertTransition,
+    Disposition,
     Finding,
     FindingKind,
     RuleId,
@@ -77,6 +78,13 @@ class AlertBook:
                     self._last_resolved[alert.key] = alert
             else:
                 self._unresolved[alert.key] = alert
+
+    def swap_policies(self, policies: Mapping[Tier, TierPolicy]) -> None:
+        """Adopt new tier policies (config reload); alerts already open keep their state."""
+        self._policies = policies
+
+    def all_alerts(self) -> list[Alert]:
+        return sorted(self._by_id.values(), key=lambda a: (a.opened_at, a.alert_id))
 
     def get(self, alert_id: str) -> Alert | None:
         return self._by_id.get(alert_id)
@@ -152,7 +160,9 @@ class AlertBook:
         current.last_evidence = finding.evidence
         transitions = [AlertTransition(TransitionKind.CLEARED, finding.at, snapshot(current))]
         if self._policy(current.tier).auto_resolve_on_clear:
-            transitions += self._resolve(current, SYSTEM_ACTOR, "condition_cleared", finding.at)
+            transitions += self._resolve(
+                current, SYSTEM_ACTOR, Disposition.CONDITION_CLEARED.value, finding.at
+            )
         return transitions
 
     # ------------------------------------------------------------------ officer actions
@@ -175,6 +185,11 @@ class AlertBook:
         if alert.state is AlertState.RESOLVED:
             raise AlertError(f"alert {alert_id} is already resolved")
         return self._resolve(alert, actor, disposition, now, note)
+
+    def note(self, alert_id: str, actor: str, note: str, now: datetime) -> list[AlertTransition]:
+        """An officer's note on an alert in any state (the audit trail of what was done)."""
+        alert = self._require(alert_id)
+        return [AlertTransition(TransitionKind.NOTED, now, snapshot(alert), actor, note)]
 
     def _resolve(
         self, alert: Alert, actor: str, disposition: str, now: datetime, note: str | None = None

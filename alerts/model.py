@@ -24,6 +24,7 @@ class RuleId(StrEnum):
     EXCLUSION_ENTRY = "exclusion_entry"  # entered an exclusion zone (prohibition order)
     CURFEW_AWAY = "curfew_away"  # 夜间活动: away from home during curfew
     STRAP_OPEN = "strap_open"  # tamper: strap opened
+    GNSS_LOST = "gnss_lost"  # no GNSS fix for a while (the rule itself: issue 4)
 
 
 DEFAULT_TIERS: dict[RuleId, Tier] = {
@@ -58,6 +59,16 @@ class Finding:
         return (self.subject_id, self.rule, self.zone_id)
 
 
+class Disposition(StrEnum):
+    """What the person who resolved an alert decided (the alert-yield measure counts these)."""
+
+    CONFIRMED_VIOLATION = "confirmed_violation"
+    FALSE_ALARM = "false_alarm"
+    DEVICE_FAULT = "device_fault"
+    APPROVED = "approved"  # e.g. an absence that was approved after the fact
+    CONDITION_CLEARED = "condition_cleared"  # set by emon when a tier auto-resolves
+
+
 class AlertState(StrEnum):
     OPEN = "open"
     ACKNOWLEDGED = "acknowledged"
@@ -71,7 +82,13 @@ class TransitionKind(StrEnum):
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
     REOPENED = "reopened"
-    ESCALATED = "escalated"
+    ESCALATED = "escalated"  # a later step of the escalation policy was notified
+    # Issue 6: the rest of the escalation ladder and officer notes (wire v1 extensions).
+    NOTIFIED = "notified"  # the first step of the escalation policy was notified
+    REMINDED = "reminded"  # still unacknowledged after the last step: everyone reminded
+    RENOTIFIED = "renotified"  # acknowledged but not resolved in time: re-notified
+    SUPPRESSED = "suppressed"  # a due notification was muted (silence, inhibition, leave)
+    NOTED = "noted"  # an officer added a note
 
 
 _ALERT_ID_NAMESPACE = uuid.UUID("6f1c1a52-7d0e-4b8e-9a53-0d6c2e1f6a10")
@@ -153,6 +170,8 @@ class AlertTransition:
     alert: Alert
     actor: str | None = None
     note: str | None = None
+    # Escalation transitions: step, targets, reason (published as "notification").
+    detail: dict[str, Any] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         out = self.alert.to_wire()
@@ -162,4 +181,6 @@ class AlertTransition:
             out["actor"] = self.actor
         if self.note is not None:
             out["note"] = self.note
+        if self.detail is not None:
+            out["notification"] = self.detail
         return out

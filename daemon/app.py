@@ -3,22 +3,26 @@
 Shutdown (SIGTERM/SIGINT) drains in stages, each with its own timeout:
   1. ingest stops taking messages (the broker keeps queueing for our persistent session);
   2. alert transitions already decided are recorded in the database and published;
-  3. buffered pings are flushed by the writer; the pool and HTTP close last.
+  3. escalation sweeps stop; deliveries in flight finish (queued ones stay in the outbox);
+  4. buffered pings are flushed by the writer; the pool and HTTP close last.
+
+The operator config is hot-reloaded (daemon/reload.py) on file change or SIGHUP: loaded and
+validated whole in a worker thread, swapped in between two messages, or refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
-import os
 import random
 import signal
 import ssl
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from daemon import metrics
-from daemon.configfiles import LoadedConfig
+from daemon.alerting import AlertingService
+from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
+from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.http import HttpServer
+from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Pipeline
+from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.store.alerts_repo import AlertRepository
+from daemon.store.config_repo import ConfigVersionRepository
 from daemon.store.errors import StoreError
 from daemon.store.migrations import migrate
 from daemon.store.pool import open_pool
@@ -41,6 +50,7 @@ from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
 )
@@ -53,6 +63,7 @@ RECONNECT_MIN_SECONDS = 0.5
 STARTUP_DB_RETRY_MAX_SECONDS = 10.0
 STAGE_INGEST_TIMEOUT_SECONDS = 5.0
 STAGE_ALERTS_TIMEOUT_SECONDS = 10.0
+STAGE_NOTIFY_TIMEOUT_SECONDS = 10.0
 ALERT_RECORD_RETRY_MAX_SECONDS = 10.0
 
 
@@ -62,13 +73,23 @@ class DaemonError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OutboundMessage:
-    kind: str  # "alert" or "deadletter": a metric label
+    kind: str  # "alert", "deadletter" or "operators": a metric label
     topic: str
     payload: bytes
     qos: int = 1
+    retain: bool = False
+    # Completed once the broker has the message (notifiers wait on it); a cancelled one
+    # (its waiter gave up) is not published.
+    done: asyncio.Future[None] | None = field(default=None, compare=False)
 
 
 _STOP: Any = object()  # sentinel that tells a worker to finish
+
+# policies.yaml parts the AlertingService reads once at start (a reload names them).
+_RESTART_ONLY_POLICY_FIELDS = (
+    "notifiers", "contacts", "mqtt_officer_topics", "sweep_interval_seconds", "console_url",
+    "silences",
+)
 
 
 def _alert_from_row(row: dict[str, Any]) -> Alert:
@@ -109,6 +130,13 @@ def _tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
     return context
 
 
+def _note_published(
+    alerting: AlertingService, transition: AlertTransition, topic: str, done: asyncio.Future[None]
+) -> None:
+    if not done.cancelled():
+        alerting.note_published(transition, topic)
+
+
 def _jittered(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)
 
@@ -119,9 +147,11 @@ class Daemon:
         self._settings = loaded.settings
         self._pipeline = Pipeline(loaded.core)
         self._outbound: asyncio.Queue[OutboundMessage] = asyncio.Queue(OUTBOUND_QUEUE_SIZE)
-        self._alert_records: asyncio.Queue[Sequence[AlertTransition]] = asyncio.Queue(
-            ALERT_RECORD_QUEUE_SIZE
-        )
+        self._alert_records: asyncio.Queue[
+            tuple[Sequence[AlertTransition], asyncio.Future[None], datetime]
+        ] = asyncio.Queue(ALERT_RECORD_QUEUE_SIZE)
+        self._alerting: AlertingService | None = None
+        self._commands: CommandHandler | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stop_started: float | None = None
@@ -133,6 +163,14 @@ class Daemon:
         self._mqtt_connected = False
         self._mqtt_tls: ssl.SSLContext | None = None
         self._exported_engine_stats: Counter[str] = Counter()
+        self._recorder_done = asyncio.Event()
+        self._alerting_done = asyncio.Event()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._config_repo: ConfigVersionRepository | None = None
+        self._reloader = ConfigReloader(
+            loaded.directory, loaded, self._apply_config, self._publish_operators,
+            record=self._record_config_version,
+        )
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -159,6 +197,7 @@ class Daemon:
             "ok": self._mqtt_connected,
             "mqtt_connected": self._mqtt_connected,
             "config_version": self._pipeline.config.version,
+            "config_reload": self._reloader.status.to_json(),
             "open_alerts": len(self._pipeline.book.unresolved()),
         }
 
@@ -172,6 +211,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.request_stop)
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, self._reloader.request_reload)
         info = await self._migrate_with_retry(dsn)
         _LOGGER.info(
             "store ready: %s, schema %s",
@@ -181,10 +222,27 @@ class Daemon:
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(dsn))
             repo = AlertRepository(pool)
+            self._config_repo = ConfigVersionRepository(pool)
             await self._restore_alerts(repo)
             self._writer = await stack.enter_async_context(PingWriter(pool))
+            alerting = await stack.enter_async_context(
+                AlertingService(
+                    self._loaded, self._pipeline, pool,
+                    self._publish_recorded, self._publish_and_wait,
+                )
+            )
+            self._alerting = alerting
+            actions = OfficerActions(
+                self._pipeline, alerting.store, self._dispatch,
+                silence_max_seconds=self._loaded.policies.silences.max_seconds,
+            )
+            actions.on_silence_change = alerting.sweep_soon
+            self._commands = CommandHandler(actions, self._reply)
             http = await stack.enter_async_context(
-                HttpServer(self._settings.http.host, self._settings.http.port, self._health)
+                HttpServer(
+                    self._settings.http.host, self._settings.http.port, self._health,
+                    api_routes(actions),
+                )
             )
             self.http_port = http.bound_port
             scheduler = AsyncIOScheduler(timezone="UTC")
@@ -192,14 +250,22 @@ class Daemon:
                 self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
                 id="emon-tick", max_instances=1, coalesce=True,
             )
+            alerting.schedule(scheduler)
             scheduler.start()
+            self._scheduler = scheduler
             try:
                 async with asyncio.TaskGroup() as tasks:
                     tasks.create_task(self._mqtt_loop(), name="emon-mqtt")
-                    tasks.create_task(self._alert_recorder(repo), name="emon-alert-recorder")
+                    tasks.create_task(self._alert_recorder(), name="emon-alert-recorder")
+                    tasks.create_task(self._run_alerting(alerting), name="emon-alerting")
+                    tasks.create_task(self._commands.run(), name="emon-commands")
+                    tasks.create_task(
+                        self._reloader.run(self._stop_requested), name="emon-config-reload"
+                    )
                     tasks.create_task(self._shutdown_controller(), name="emon-shutdown")
             finally:
                 scheduler.shutdown(wait=False)
+            await self._reloader.close()
             # Leaving the exit stack flushes the writer (stage 3), then closes HTTP and pool.
         _LOGGER.info("stopped cleanly")
 
@@ -235,14 +301,27 @@ class Daemon:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._reader_done.wait(), STAGE_INGEST_TIMEOUT_SECONDS)
         # Stage 2: record and publish the alert transitions already decided.
+        if self._commands is not None:
+            self._commands.request_stop()
         await self._alert_records.put(_STOP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._recorder_done.wait(), STAGE_ALERTS_TIMEOUT_SECONDS)
+        # Stage 3: no more sweeps; deliveries in flight finish, queued ones are released
+        # to the outbox for the next start. The publisher stays up for them meanwhile.
+        if self._alerting is not None:
+            self._alerting.request_stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._alerting_done.wait(), STAGE_NOTIFY_TIMEOUT_SECONDS)
         await self._outbound.put(_STOP)
 
     # ------------------------------------------------------------------ MQTT
 
     async def _mqtt_loop(self) -> None:
         mqtt = self._settings.mqtt
-        password = os.environ.get(mqtt.password_env) if mqtt.password_env else None
+        try:
+            password = mqtt_password(mqtt)
+        except OSError as exc:
+            raise DaemonError(f"cannot read mqtt.password_file: {exc.strerror}") from exc
         delay = RECONNECT_MIN_SECONDS
         while True:
             failed: Exception | None = None
@@ -264,7 +343,7 @@ class Daemon:
                     delay = RECONNECT_MIN_SECONDS
                     _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
                     if not self._stopping:
-                        for topic in DEVICE_SUBSCRIPTIONS:
+                        for topic in (*DEVICE_SUBSCRIPTIONS, COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
                         self.ready.set()
                     async with asyncio.TaskGroup() as tasks:
@@ -314,6 +393,9 @@ class Daemon:
         topic = message.topic.value
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+        if self._commands is not None and CommandHandler.is_command(topic):
+            self._commands.submit(topic, payload)  # queued: never waits on the database
+            return
         with metrics.PROCESS_SECONDS.time():
             outcome = self._pipeline.handle(topic, payload, received_at)
         if outcome.rejection is not None:
@@ -328,13 +410,16 @@ class Daemon:
                 )
             )
             return
+        if outcome.ignored is not None:
+            metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
+            return
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
-        metrics.MESSAGES_RECEIVED.labels(topic.rsplit("/", 1)[-1]).inc()
+        metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        await self._writer.put(observation, outcome.subject_id)
+        await self._writer.put(observation, outcome.subject_id, outcome.config_version)
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
 
@@ -353,13 +438,19 @@ class Daemon:
                 if message is _STOP:
                     self._cancel_reader_if_running()
                     return
+                if message.done is not None and message.done.done():
+                    continue  # its waiter gave up (timeout): it will be sent again
                 self._pending_publish = message
             try:
-                await client.publish(message.topic, message.payload, qos=message.qos)
+                await client.publish(
+                    message.topic, message.payload, qos=message.qos, retain=message.retain
+                )
             except aiomqtt.MqttError:
                 metrics.PUBLISH_FAILURES.labels(message.kind).inc()
                 raise  # kept in _pending_publish; retried after reconnect
             self._pending_publish = None
+            if message.done is not None and not message.done.done():
+                message.done.set_result(None)
 
     def _cancel_reader_if_running(self) -> None:
         if self._reader_task is not None and not self._reader_task.done():
@@ -367,7 +458,27 @@ class Daemon:
 
     # ------------------------------------------------------------------ alerts
 
-    async def _dispatch(self, transitions: Sequence[AlertTransition]) -> None:
+    async def _publish_and_wait(self, topic: str, payload: bytes) -> None:
+        """Publish (QoS 1) and wait for the broker's acknowledgement: the MQTT notifier."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._outbound.put(OutboundMessage("notification", topic, payload, done=done))
+        await done
+
+    async def _publish_recorded(self, transitions: Sequence[AlertTransition]) -> None:
+        """Escalation transitions: the sweep has stored them; publish only."""
+        await self._dispatch(transitions, record=False)
+
+    def _reply(self, topic: str, payload: bytes) -> None:
+        self._enqueue_nowait(OutboundMessage("command_reply", topic, payload))
+
+    async def _dispatch(
+        self, transitions: Sequence[AlertTransition], record: bool = True
+    ) -> asyncio.Future[None]:
+        """Publish transitions on the alerts topic and (unless already stored) record them.
+
+        The returned future completes when the database has them (at once if `record` is
+        False); officer actions wait on it to say whether their change is stored."""
+        loop = asyncio.get_running_loop()
         for transition in transitions:
             alert = transition.alert
             metrics.ALERT_TRANSITIONS.labels(
@@ -379,28 +490,56 @@ class Daemon:
                 alert.tier.value,
             )
             payload = json.dumps(transition.to_wire(), ensure_ascii=False).encode()
+            topic = ALERTS_TOPIC_PREFIX + alert.subject_id
+            published: asyncio.Future[None] = loop.create_future()
+            if self._alerting is not None:
+                published.add_done_callback(
+                    functools.partial(_note_published, self._alerting, transition, topic)
+                )
             # Alerts are never dropped: a full queue slows ingest instead (backpressure).
-            await self._outbound.put(
-                OutboundMessage("alert", ALERTS_TOPIC_PREFIX + alert.subject_id, payload)
-            )
-        await self._alert_records.put(transitions)
+            await self._outbound.put(OutboundMessage("alert", topic, payload, done=published))
+        recorded: asyncio.Future[None] = loop.create_future()
+        if record:
+            # Decided now: an escalation ladder starts then, however long recording takes.
+            await self._alert_records.put((transitions, recorded, datetime.now(UTC)))
+        else:
+            recorded.set_result(None)
         self._update_open_gauge()
+        return recorded
 
     def _update_open_gauge(self) -> None:
         counts = Counter(a.tier for a in self._pipeline.book.unresolved())
         for tier in Tier:
             metrics.OPEN_ALERTS.labels(tier.value).set(counts.get(tier, 0))
 
-    async def _alert_recorder(self, repo: AlertRepository) -> None:
+    async def _run_alerting(self, alerting: AlertingService) -> None:
+        try:
+            await alerting.run()
+        finally:
+            self._alerting_done.set()
+
+    async def _alert_recorder(self) -> None:
+        try:
+            await self._record_alerts()
+        finally:
+            self._recorder_done.set()
+
+    async def _record_alerts(self) -> None:
+        assert self._alerting is not None
         while True:
             metrics.QUEUE_DEPTH.labels("alert_records").set(self._alert_records.qsize())
-            batch = await self._alert_records.get()
-            if batch is _STOP:
+            item = await self._alert_records.get()
+            if item is _STOP:
                 return
+            batch, recorded, decided_at = item
             delay = RECONNECT_MIN_SECONDS
             while True:
                 try:
-                    await repo.record(batch)
+                    # The snapshot, history, escalation state and feed notifications: one
+                    # transaction.
+                    await self._alerting.record(batch, decided_at)
+                    if not recorded.done():
+                        recorded.set_result(None)
                     break
                 except (StoreError, psycopg.Error) as exc:
                     # Never drop an alert: retry until the database is back.
@@ -413,6 +552,48 @@ class Daemon:
                     _LOGGER.warning("recording alerts failed (%s); retry in %.1f s", exc, delay)
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
+
+    # ------------------------------------------------------------------ config reload
+
+    def _apply_config(self, new: LoadedConfig) -> list[str]:
+        """Swap a validated config in (on the event loop: between two messages); return the
+        settings that only a restart applies."""
+        old = self._loaded
+        self._pipeline.swap_config(new.core)
+        with contextlib.suppress(KeyError):
+            metrics.CONFIG_INFO.remove(old.core.version)
+        metrics.CONFIG_INFO.labels(new.core.version).set(1)
+        tick_seconds = new.settings.tick_interval_seconds
+        if tick_seconds != old.settings.tick_interval_seconds and self._scheduler is not None:
+            self._scheduler.reschedule_job("emon-tick", trigger="interval", seconds=tick_seconds)
+        self._loaded = new
+        # Connections and listeners keep the settings they were opened with; notifier
+        # endpoints, contacts and the sweep are built once by the AlertingService. The
+        # escalation ladders, inhibitions and leave mutes are in the core: they apply now.
+        restart = [
+            name for name in ("mqtt", "database", "http")
+            if getattr(self._settings, name) != getattr(new.settings, name)
+        ]
+        restart += [
+            f"policies.{name}" for name in _RESTART_ONLY_POLICY_FIELDS
+            if getattr(old.policies, name) != getattr(new.policies, name)
+        ]
+        return restart
+
+    def _publish_operators(self, body: dict[str, Any]) -> None:
+        self._enqueue_nowait(
+            OutboundMessage(
+                "operators", OPERATORS_CONFIG_TOPIC,
+                json.dumps(body, ensure_ascii=False).encode(), qos=1, retain=True,
+            )
+        )
+
+    async def _record_config_version(
+        self, version: str, directory: Path, files: Mapping[str, str], applied_at: datetime
+    ) -> None:
+        if self._config_repo is None:
+            raise DaemonError("database not open yet")
+        await self._config_repo.record(version, directory, files, applied_at)
 
     async def _tick_job(self) -> None:
         try:

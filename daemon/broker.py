@@ -2,10 +2,14 @@
 
 Every device in config/subjects.yaml gets an account named after its device id, allowed
 to publish on its own topics only (`emon/v1/devices/<id>/location` and `/event`, through
-two ACL patterns) and to read nothing. Service accounts: the daemon (reads device topics,
-writes alerts and dead letters), alert readers (consoles, integrations: read alerts) and
-dead-letter readers (operators diagnosing devices). config/mosquitto/README.md is the
-operator's side.
+two ACL patterns; an OwnTracks phone `<user>.<device>`: account `<user>`, topics
+`owntracks/<user>/+`) and to read nothing. Every officer gets an account named after the
+officer id: their own command, reply and notification topics, and the alerts of the
+subjects in their care (a supervisor: their team's; the command role: all). Service
+accounts: the daemon (reads device topics and commands; writes alerts, dead letters,
+replies, notifications and the operators' channel), alert readers (consoles: all alerts)
+and operators (dead letters and the operators' channel). config/mosquitto/README.md is
+the operator's side.
 
 Passwords are random (192 bits), so they need no key stretching; the file holds their
 PBKDF2-SHA512 hashes in Mosquitto's own format (`$7$<iterations>$<salt>$<hash>`, what
@@ -31,12 +35,23 @@ from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
-from daemon.configfiles import LoadedConfig
-from daemon.wire import ALERTS_TOPIC_PREFIX, DEADLETTER_TOPIC_PREFIX, DEVICE_TOPIC_PREFIX
+from daemon.commands import COMMANDS_SUBSCRIPTION, COMMANDS_TOPIC_PREFIX, reply_topic
+from daemon.configfiles import LoadedConfig, OfficerRole
+from daemon.notifiers.mqtt import officer_topic
+from daemon.owntracks import OWNTRACKS_DEVICE_PATTERN, OWNTRACKS_USER_PATTERN
+from daemon.reload import OPERATORS_CONFIG_TOPIC
+from daemon.wire import (
+    ALERTS_TOPIC_PREFIX,
+    DEADLETTER_TOPIC_PREFIX,
+    DEVICE_SUBSCRIPTIONS,
+    DEVICE_TOPIC_PREFIX,
+    OWNTRACKS_TOPIC_PREFIX,
+)
+from geofence.observation import DeviceKind
 
 DEFAULT_DAEMON_ACCOUNT = "emon-daemon"
 DEFAULT_ALERTS_READER = "alerts-reader"
-DEFAULT_DEADLETTER_READER = "deadletter-reader"
+DEFAULT_OPERATOR = "operator"
 DEVICE_CHANNELS = ("location", "event")
 DEVICE_ACCOUNT_PATTERN = "%u"  # Mosquitto's placeholder for the user name in ACL patterns
 
@@ -63,9 +78,11 @@ class BrokerFilesError(Exception):
 
 class AccountRole(StrEnum):
     DEVICE = "device"
+    OWNTRACKS_USER = "owntracks-user"
     DAEMON = "daemon"
     ALERTS_READER = "alerts-reader"
-    DEADLETTER_READER = "deadletter-reader"
+    OPERATOR = "operator"
+    OFFICER = "officer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,29 +102,81 @@ def device_topics(device_id: str) -> tuple[str, ...]:
     return tuple(f"{DEVICE_TOPIC_PREFIX}{device_id}/{channel}" for channel in DEVICE_CHANNELS)
 
 
+def owntracks_topic(user: str) -> str:
+    """What an OwnTracks user may publish on: its own devices' location topics."""
+    return f"{OWNTRACKS_TOPIC_PREFIX}{user}/+"
+
+
+def owntracks_user(device_id: str, kind: DeviceKind) -> str | None:
+    """The OwnTracks user of a roster phone whose id is `<user>.<device>`
+    (daemon/owntracks.py), else None (a wire v1 device)."""
+    if kind is not DeviceKind.PHONE:
+        return None
+    user, dot, device = device_id.partition(".")
+    if dot and OWNTRACKS_USER_PATTERN.match(user) and OWNTRACKS_DEVICE_PATTERN.match(device):
+        return user
+    return None
+
+
+def _subjects_in_care(loaded: LoadedConfig) -> dict[str, set[str] | None]:
+    """Officer id -> the subjects whose alerts the officer may read (None: all of them).
+
+    An officer reads the alerts of the subjects in their charge; a supervisor also those
+    of every officer under them (at any depth); the command role reads every alert."""
+    officers = loaded.subjects.officers
+    own: dict[str, set[str]] = {o.id: set() for o in officers}
+    for subject in loaded.subjects.subjects:
+        own.setdefault(subject.officer, set()).add(subject.id)
+    reports: dict[str, list[str]] = {}
+    for officer in officers:
+        if officer.supervisor is not None:
+            reports.setdefault(officer.supervisor, []).append(officer.id)
+    care: dict[str, set[str] | None] = {}
+    for officer in officers:
+        if officer.role is OfficerRole.COMMAND:
+            care[officer.id] = None
+            continue
+        subjects: set[str] = set()
+        seen: set[str] = set()
+        pending = [officer.id]
+        while pending:  # the officer and everyone below (a cycle is walked once)
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            subjects |= own.get(current, set())
+            pending.extend(reports.get(current, ()))
+        care[officer.id] = subjects
+    return care
+
+
 def build_accounts(
     loaded: LoadedConfig,
     *,
     alerts_readers: Sequence[str] = (DEFAULT_ALERTS_READER,),
-    deadletter_readers: Sequence[str] = (DEFAULT_DEADLETTER_READER,),
+    operators: Sequence[str] = (DEFAULT_OPERATOR,),
 ) -> list[Account]:
-    """Every broker account the roster calls for, service accounts first.
+    """Every broker account the roster calls for: the daemon, alert readers (consoles),
+    operators, one per officer, then one per device (or OwnTracks user).
 
     The daemon's account is `mqtt.username` from settings.yaml (default emon-daemon).
     Raises BrokerFilesError listing every name that cannot be an account or is taken twice.
     """
     daemon_name = loaded.settings.mqtt.username or DEFAULT_DAEMON_ACCOUNT
-    device_reads = tuple(
-        Grant("read", f"{DEVICE_TOPIC_PREFIX}+/{channel}") for channel in DEVICE_CHANNELS
-    )
     accounts = [
         Account(
             daemon_name,
             AccountRole.DAEMON,
             (
-                *device_reads,
+                # Exactly what the daemon subscribes to (wire v1, OwnTracks, commands)...
+                *(Grant("read", topic) for topic in (*DEVICE_SUBSCRIPTIONS,
+                                                     COMMANDS_SUBSCRIPTION)),
+                # ...and publishes.
                 Grant("write", f"{ALERTS_TOPIC_PREFIX}#"),
                 Grant("write", f"{DEADLETTER_TOPIC_PREFIX}#"),
+                Grant("write", reply_topic("+")),
+                Grant("write", officer_topic("+")),
+                Grant("write", OPERATORS_CONFIG_TOPIC),
             ),
         ),
         *(
@@ -117,13 +186,46 @@ def build_accounts(
         *(
             Account(
                 name,
-                AccountRole.DEADLETTER_READER,
-                (Grant("read", f"{DEADLETTER_TOPIC_PREFIX}#"),),
+                AccountRole.OPERATOR,
+                (
+                    Grant("read", f"{DEADLETTER_TOPIC_PREFIX}#"),
+                    Grant("read", OPERATORS_CONFIG_TOPIC),
+                ),
             )
-            for name in deadletter_readers
+            for name in operators
         ),
     ]
-    for device_id in sorted(loaded.core.devices):
+    for officer_id, subjects in sorted(_subjects_in_care(loaded).items()):
+        alert_reads = (
+            (Grant("read", f"{ALERTS_TOPIC_PREFIX}#"),)
+            if subjects is None
+            else tuple(Grant("read", f"{ALERTS_TOPIC_PREFIX}{s}") for s in sorted(subjects))
+        )
+        accounts.append(
+            Account(
+                officer_id,
+                AccountRole.OFFICER,
+                (
+                    Grant("write", f"{COMMANDS_TOPIC_PREFIX}{officer_id}"),
+                    Grant("read", reply_topic(officer_id)),
+                    Grant("read", officer_topic(officer_id)),
+                    *alert_reads,
+                ),
+            )
+        )
+    owntracks_users: set[str] = set()
+    for device_id, spec in sorted(loaded.core.devices.items()):
+        user = owntracks_user(device_id, spec.kind)
+        if user is not None:
+            # One account per OwnTracks user: the app logs in as <user> and publishes
+            # owntracks/<user>/<device> for each of that user's phones.
+            if user not in owntracks_users:
+                owntracks_users.add(user)
+                accounts.append(
+                    Account(user, AccountRole.OWNTRACKS_USER,
+                            (Grant("write", owntracks_topic(user)),))
+                )
+            continue
         accounts.append(
             Account(
                 device_id,
@@ -158,20 +260,24 @@ def render_acl(accounts: Iterable[Account], source: str) -> str:
     super-linear time (bench/bench_broker.py, broker start: 10,000 blocks 1.5 s, 40,000
     blocks 29 s, 100,000 not within 30 s), while two patterns cost the same for any fleet
     (100,000 accounts: 0.44 s). Who is a device is then decided by the password file
-    alone. A pattern applies to every account, so a service account may publish as a
-    device named after itself; build_accounts() forbids such device ids, so the daemon
-    refuses those messages as unknown_device.
+    alone. A pattern applies to every account, so any account may publish as a device (or
+    OwnTracks user) named after itself; build_accounts() refuses a roster in which such a
+    name would belong to someone else, so the daemon refuses those messages as
+    unknown_device.
     """
     accounts = list(accounts)
-    services = [a for a in accounts if a.role is not AccountRole.DEVICE]
-    devices = [a for a in accounts if a.role is AccountRole.DEVICE]
+    by_pattern = (AccountRole.DEVICE, AccountRole.OWNTRACKS_USER)
+    services = [a for a in accounts if a.role not in by_pattern]
+    devices = sum(1 for a in accounts if a.role is AccountRole.DEVICE)
+    owntracks = sum(1 for a in accounts if a.role is AccountRole.OWNTRACKS_USER)
     lines = [
         f"# Written by `emon broker acl` from {source}; regenerate, do not edit.",
         "# Anonymous clients get nothing (and allow_anonymous is false anyway).",
         "",
-        f"# Devices ({len(devices)} accounts in the password file): each may publish on its",
-        "# own topics only, and read nothing.",
+        f"# Devices ({devices} accounts in the password file) and OwnTracks users",
+        f"# ({owntracks}): each may publish on its own topics only, and read nothing.",
         *(f"pattern write {topic}" for topic in device_topics(DEVICE_ACCOUNT_PATTERN)),
+        f"pattern write {owntracks_topic(DEVICE_ACCOUNT_PATTERN)}",
     ]
     for account in services:
         lines.append("")

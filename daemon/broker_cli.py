@@ -8,7 +8,7 @@ from pathlib import Path
 
 from daemon.broker import (
     DEFAULT_ALERTS_READER,
-    DEFAULT_DEADLETTER_READER,
+    DEFAULT_OPERATOR,
     Account,
     BrokerFilesError,
     build_accounts,
@@ -36,7 +36,7 @@ def _accounts(args: argparse.Namespace) -> list[Account] | int:
     return build_accounts(
         loaded,
         alerts_readers=args.alerts_reader or [DEFAULT_ALERTS_READER],
-        deadletter_readers=args.deadletter_reader or [DEFAULT_DEADLETTER_READER],
+        operators=args.operator or [DEFAULT_OPERATOR],
     )
 
 
@@ -49,7 +49,7 @@ def _cmd_acl(args: argparse.Namespace) -> int:
     except BrokerFilesError as exc:
         print(f"broker acl: {exc}", file=sys.stderr)
         return EXIT_BROKER_FILES
-    devices = sum(1 for a in accounts if a.role.value == "device")
+    devices = sum(1 for a in accounts if a.role.value in ("device", "owntracks-user"))
     print(f"{args.out}: {len(accounts)} accounts ({devices} devices); reload the broker (SIGHUP)")
     return 0
 
@@ -97,9 +97,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alerts-reader", action="append", metavar="ACCOUNT",
                         help=f"account that may read alerts (repeatable; default "
                              f"{DEFAULT_ALERTS_READER}); one per console")
-    parser.add_argument("--deadletter-reader", action="append", metavar="ACCOUNT",
-                        help=f"account that may read dead letters (repeatable; default "
-                             f"{DEFAULT_DEADLETTER_READER})")
+    parser.add_argument("--operator", action="append", metavar="ACCOUNT",
+                        help=f"account that may read dead letters and the operators' channel "
+                             f"(repeatable; default {DEFAULT_OPERATOR})")
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -28,11 +28,14 @@ def _setup_logging(level: str) -> None:
 
 def _load_or_report(directory: Path) -> LoadedConfig | None:
     try:
-        return load_config(directory)
+        loaded = load_config(directory)
+        for warning in loaded.warnings:
+            print(f"{directory}/{warning}", file=sys.stderr)
+        return loaded
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"{directory}/{problem}", file=sys.stderr)
-        print(f"config invalid: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(f"config invalid: {len(exc.errors)} problem(s)", file=sys.stderr)
         return None
 
 
@@ -67,21 +70,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     with source:
         stats = replay_lines(
             source, loaded.core, loaded.settings.tick_interval_seconds, sys.stdout,
-            None if args.quiet else sys.stderr,
+            None if args.quiet else sys.stderr, escalation=args.escalation,
         )
     return 0 if stats.bad_lines == 0 else 3
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    loaded = _load_or_report(args.directory)
-    if loaded is None:
-        return 1
-    core = loaded.core
-    print(
-        f"{args.directory}: valid: {len(core.subjects)} subjects, {len(core.devices)} devices, "
-        f"{len(core.zones)} zones, version {core.version}"
-    )
-    return 0
+    from daemon.configtools import config_check
+
+    return config_check(args.directory, sys.stdout, as_json=args.json)
+
+
+def _cmd_config_schema(args: argparse.Namespace) -> int:
+    from daemon.configschema import write_schemas
+
+    return write_schemas(args.out, check_only=args.check, out=sys.stdout)
+
+
+def _cmd_config_diff(args: argparse.Namespace) -> int:
+    from daemon.whatif import run_diff
+
+    return run_diff(args)
 
 
 def _cmd_db_migrate(args: argparse.Namespace) -> int:
@@ -124,14 +133,34 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="run the core offline over a JSONL recording")
     replay.add_argument("--config", type=Path, default=DEFAULT_CONFIG_DIR)
     replay.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    replay.add_argument("--escalation", action="store_true",
+                        help="also the escalation steps (notified, escalated, reminded) the "
+                        "policies would send if nobody acknowledged")
     replay.add_argument("input", type=Path, help="JSONL file, or - for stdin")
     replay.set_defaults(func=_cmd_replay)
 
     config = sub.add_parser("config", help="operator config tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a config directory")
+    check = config_sub.add_parser(
+        "check", help="validate a config directory: one line per problem, exit 1 if invalid"
+    )
     check.add_argument("directory", type=Path)
+    check.add_argument("--json", action="store_true", help="one JSON object per problem")
     check.set_defaults(func=_cmd_config_check)
+    schema = config_sub.add_parser(
+        "schema", help="write the JSON Schema files editors use to complete and check config"
+    )
+    schema.add_argument("--out", type=Path, default=DEFAULT_CONFIG_DIR / "schema")
+    schema.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if the files there are stale")
+    schema.set_defaults(func=_cmd_config_schema)
+    from daemon.whatif import add_diff_arguments
+
+    diff = config_sub.add_parser(
+        "diff", help="what-if: replay stored pings through two configs, print alert changes"
+    )
+    add_diff_arguments(diff)
+    diff.set_defaults(func=_cmd_config_diff)
 
     db = sub.add_parser("db", help="database tools")
     db_sub = db.add_subparsers(dest="db_command", required=True)
@@ -148,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--exit-after-day", action="store_true",
                       help="stop once the simulated day is published and processed")
     demo.set_defaults(func=_cmd_demo)
+
+    from daemon.alerts_cli import add_parsers as add_alert_parsers
+
+    add_alert_parsers(sub, DEFAULT_CONFIG_DIR)
 
     from daemon.broker_cli import add_parser as add_broker_parser
     from simulators.cli import add_parser as add_sim_parser

@@ -6,8 +6,10 @@ Layout of a config directory (config/README.md documents it for operators):
     schedules.yaml    named weekly schedules with exception dates
     zones/*.geojson   FeatureCollections with a declared "datum" (WGS-84, GCJ-02, BD-09)
 
-Every problem is reported as one `ConfigProblem` (file, key, value, reason); loading fails
-as a whole, so a half-valid directory never reaches the running daemon.
+Every problem is reported as one `ConfigProblem` (file, line, key, value, reason); loading
+fails as a whole, so a half-valid directory never reaches the running daemon. Line numbers
+come from `daemon.configlines` (found from the key path, so a new check only names its key);
+the cross-file checks are in `daemon.configchecks`; warnings do not refuse a config.
 """
 
 from __future__ import annotations
@@ -15,30 +17,35 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import reprlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import date, time
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import shapely
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
-from shapely.validation import explain_validity
 
 from alerts.model import RuleId, Tier
-from daemon.configparse import (
-    ConfigParseError,
-    check_coordinates,
-    decode_utf8,
-    load_json,
-    load_yaml,
-)
+from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
+from daemon.configparse import ConfigParseError, load_json
+from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from geofence.config import (
     DEFAULT_DWELL_FIXES,
     DEFAULT_DWELL_SECONDS,
@@ -52,7 +59,7 @@ from geofence.config import (
     SubjectSpec,
     ZoneRuleParams,
 )
-from geofence.datum import Datum, convert_geometry_to_wgs84
+from geofence.datum import Datum, convert_geometries_to_wgs84
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule, Window
 from geofence.zones import LocalProjection, Zone, ZoneKind
@@ -65,6 +72,8 @@ ZONES_DIR = "zones"
 ENV_MQTT_HOST = "EMON_MQTT_HOST"
 ENV_MQTT_PORT = "EMON_MQTT_PORT"
 ENV_DATABASE_URL = "EMON_DATABASE_URL"
+# A file holding the database URL (a Docker or Kubernetes secret); EMON_DATABASE_URL wins.
+ENV_DATABASE_URL_FILE = "EMON_DATABASE_URL_FILE"
 ENV_HTTP_PORT = "EMON_HTTP_PORT"
 
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
@@ -85,6 +94,10 @@ class MqttSettings(_Strict):
     password_env: str | None = Field(
         None, title="Environment variable that holds the broker password"
     )
+    password_file: str | None = Field(
+        None, max_length=4096,
+        title="File that holds the broker password (a Docker or Kubernetes secret)",
+    )
     tls_ca_file: Path | None = Field(
         None,
         title="CA certificate (PEM) to verify the broker by; set: connect over TLS "
@@ -92,6 +105,22 @@ class MqttSettings(_Strict):
     )
     keepalive_seconds: int = Field(30, ge=5, le=3600, title="MQTT keepalive")
     reconnect_max_seconds: float = Field(30.0, ge=1.0, le=600.0, title="Longest reconnect wait")
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttSettings:
+        if self.password_env is not None and self.password_file is not None:
+            raise ValueError("give password_env or password_file, not both")
+        return self
+
+
+def mqtt_password(mqtt: MqttSettings, env: Mapping[str, str] | None = None) -> str | None:
+    """The broker password from the environment or a secret file; None if none is set.
+    OSError if the file cannot be read (the daemon then refuses to start)."""
+    if mqtt.password_env is not None:
+        return (os.environ if env is None else env).get(mqtt.password_env)
+    if mqtt.password_file is not None:
+        return Path(mqtt.password_file).read_text(encoding="utf-8").strip()
+    return None
 
 
 class DatabaseSettings(_Strict):
@@ -137,6 +166,17 @@ class RuleSettings(_Strict):
     tiers: dict[RuleId, Tier] = Field(default_factory=dict, title="Tier overrides per rule")
 
 
+class ReloadSettings(_Strict):
+    poll_interval_seconds: float = Field(
+        5.0, ge=0.0, le=3600.0,
+        title="How often the config directory is checked for changes (0: only on SIGHUP)",
+    )
+    settle_seconds: float = Field(
+        2.0, ge=0.0, le=600.0,
+        title="Files must stay unchanged this long before a reload (copies write in steps)",
+    )
+
+
 class Settings(_Strict):
     mqtt: MqttSettings = MqttSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -146,6 +186,7 @@ class Settings(_Strict):
     tick_interval_seconds: float = Field(
         15.0, ge=1.0, le=300.0, title="How often time-driven rules are re-evaluated"
     )
+    reload: ReloadSettings = Field(ReloadSettings(), title="Hot reload of this directory")
 
 
 # ---------------------------------------------------------------------- subjects.yaml
@@ -206,10 +247,33 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
+_LOCAL_TIME_PATTERN = r"^\d{1,2}:\d{2}(:\d{2})?$"
+_LOCAL_TIME = re.compile(_LOCAL_TIME_PATTERN)
+# JSON Schema's "format": "time" demands seconds and an offset ("22:00:00Z"): editors would
+# flag every correct window, so the schema says what the loader accepts instead.
+LocalTime = Annotated[time, WithJsonSchema({"type": "string", "pattern": _LOCAL_TIME_PATTERN})]
+
+
 class WindowModel(_Strict):
-    start: time = Field(title="Local start time HH:MM")
-    end: time = Field(title="Local end time HH:MM; not after start = crosses midnight")
+    start: LocalTime = Field(title="Local start time HH:MM")
+    end: LocalTime = Field(title="Local end time HH:MM; not after start = crosses midnight")
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _quoted_local_time(cls, v: Any) -> Any:
+        # YAML 1.1 reads an unquoted 22:00 as the sexagesimal number 1320, which pydantic
+        # would take as 1320 seconds: a curfew at 00:22. Offsets make no sense either:
+        # windows are in each subject's own time zone.
+        if isinstance(v, time):
+            return v
+        if not isinstance(v, str):
+            raise ValueError('write local times in quotes, e.g. "22:00" (unquoted, YAML '
+                             "reads 22:00 as the number 1320)")
+        if not _LOCAL_TIME.match(v):
+            raise ValueError('a local time "HH:MM" or "HH:MM:SS" without offset (windows '
+                             "are in the subject's time zone)")
+        return v
 
 
 class ScheduleModel(_Strict):
@@ -255,6 +319,9 @@ class ZoneFile(BaseModel):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+Severity = Literal["error", "warning"]
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigProblem:
     file: str
@@ -262,17 +329,63 @@ class ConfigProblem:
     value: str
     reason: str
     line: int | None = None
+    severity: Severity = "error"  # warnings are reported but do not refuse the config
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
         value = f" = {self.value}" if self.value else ""
-        return f"{where}: {self.key}{value}: {self.reason}"
+        label = "warning: " if self.severity == "warning" else ""
+        return f"{where}: {label}{self.key}{value}: {self.reason}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file, "line": self.line, "key": self.key, "value": self.value,
+            "reason": self.reason, "severity": self.severity,
+        }
+
+
+class ProblemList(list[ConfigProblem]):
+    """The errors found so far (the list itself), the warnings, and each file's line index.
+
+    Checks append a problem with its file and key path; `located` fills in the line from
+    the file's index, so a check never has to know where its key sits in the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.warnings: list[ConfigProblem] = []
+        self.lines: dict[str, LineIndex] = {}
+        # Zones present in a file but refused (bad geometry): a reference to one is not
+        # "undefined", and saying so would send the operator to the wrong file.
+        self.refused_zones: set[str] = set()
+
+    def warn(self, file: str, key: str, value: str, reason: str) -> None:
+        self.warnings.append(ConfigProblem(file, key, value, reason, severity="warning"))
+
+    def _locate(self, problem: ConfigProblem) -> ConfigProblem:
+        index = self.lines.get(problem.file)
+        if problem.line is not None or index is None:
+            return problem
+        return replace(problem, line=index.line_of(problem.key))
+
+    def located(self) -> list[ConfigProblem]:
+        return [self._locate(p) for p in self]
+
+    def located_warnings(self) -> list[ConfigProblem]:
+        return [self._locate(p) for p in self.warnings]
 
 
 class ConfigError(Exception):
+    """A config directory was refused: `problems` holds its errors, then its warnings."""
+
     def __init__(self, problems: list[ConfigProblem]) -> None:
+        if isinstance(problems, ProblemList):
+            problems = problems.located() + problems.located_warnings()
         super().__init__("\n".join(str(p) for p in problems))
         self.problems = problems
+
+    @property
+    def errors(self) -> list[ConfigProblem]:
+        return [p for p in self.problems if p.severity == "error"]
 
 
 @dataclass(frozen=True)
@@ -282,6 +395,8 @@ class LoadedConfig:
     subjects: SubjectsFile
     schedules: SchedulesFile
     core: CoreConfig
+    policies: PoliciesFile = field(default_factory=PoliciesFile)
+    warnings: tuple[ConfigProblem, ...] = ()
 
     @property
     def officers(self) -> Mapping[str, OfficerModel]:
@@ -297,12 +412,14 @@ def _short(value: Any) -> str:
 
 
 def _validation_problems(file: str, error: ValidationError) -> list[ConfigProblem]:
+    from daemon.configchecks import explain_validation_error
+
     return [
         ConfigProblem(
             file=file,
-            key=".".join(str(p) for p in e["loc"]) or "(top)",
+            key=join_path(e["loc"]),
             value=_short(e.get("input")) if e["type"] != "missing" else "",
-            reason=e["msg"],
+            reason=explain_validation_error(file, e["loc"], e["type"], e["msg"]),
         )
         for e in error.errors()
     ]
@@ -310,16 +427,27 @@ def _validation_problems(file: str, error: ValidationError) -> list[ConfigProble
 
 def _read_yaml(path: Path, problems: list[ConfigProblem]) -> Any:
     try:
-        return load_yaml(decode_utf8(path.read_bytes())) or {}
+        document = parse_yaml(path.read_text(encoding="utf-8"))
     except OSError as exc:
         problems.append(ConfigProblem(path.name, "(file)", "", f"cannot read: {exc.strerror}"))
-    except ConfigParseError as exc:
-        problems.append(ConfigProblem(path.name, "(yaml)", "", exc.reason, exc.line))
-    except yaml.YAMLError as exc:
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
         problems.append(ConfigProblem(path.name, "(yaml)", "", f"invalid YAML: {exc}", line))
-    return None
+        return None
+    if isinstance(problems, ProblemList):
+        problems.lines[path.name] = document.lines
+    for duplicate in document.duplicate_keys:
+        # PyYAML keeps the last of two equal keys without a word: half a file vanishes.
+        problems.append(
+            ConfigProblem(
+                path.name, duplicate.path, "",
+                f"duplicate key (first on line {duplicate.first_line}); YAML keeps only one",
+                duplicate.line,
+            )
+        )
+    return document.data or {}
 
 
 def _parse(
@@ -348,58 +476,68 @@ class _RawZone:
     geometry: BaseGeometry  # WGS-84
 
 
-def _load_zones(directory: Path, problems: list[ConfigProblem]) -> list[_RawZone]:
+def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
+    from daemon import configchecks
+
     zones: list[_RawZone] = []
     zone_dir = directory / ZONES_DIR
     paths = sorted(zone_dir.glob("*.geojson")) if zone_dir.is_dir() else []
     for path in paths:
         name = f"{ZONES_DIR}/{path.name}"
         try:
-            data = load_json(decode_utf8(path.read_bytes()))
+            text = path.read_text(encoding="utf-8")
+            # Built only if a problem in this file needs a line (zone files are large).
+            problems.lines[name] = LazyLineIndex(partial(json_line_index, text))
+            # NaN/Infinity refused, nesting and over-long integers reported (fuzzing).
+            data = load_json(text)
             parsed = ZoneFile.model_validate(data)
         except OSError as exc:
             problems.append(ConfigProblem(name, "(file)", "", f"cannot read: {exc.strerror}"))
+            continue
+        except UnicodeDecodeError as exc:
+            problems.append(ConfigProblem(name, "(file)", "", f"not UTF-8: {exc.reason}"))
             continue
         except ConfigParseError as exc:
             problems.append(ConfigProblem(name, "(json)", "", exc.reason, exc.line))
             continue
         except ValidationError as exc:
             problems.extend(_validation_problems(name, exc))
+            problems.refused_zones.update(configchecks.feature_ids(data))
             continue
+        configchecks.check_zone_file_name(name, parsed.datum, problems)
+        accepted: list[tuple[int, ZoneFeature, BaseGeometry]] = []
         for index, feature in enumerate(parsed.features):
             key = f"features.{index}.geometry"
-            try:
-                check_coordinates(feature.geometry.coordinates)
-                geometry = shapely.geometry.shape(feature.geometry.model_dump())
-                valid = geometry.is_valid
-            except ConfigParseError as exc:
-                problems.append(ConfigProblem(name, key, feature.properties.id, exc.reason))
+            geojson = feature.geometry.model_dump()
+            if not configchecks.check_coordinates(
+                name, key, feature.properties.id, geojson, problems
+            ):
+                problems.refused_zones.add(feature.properties.id)
                 continue
+            try:
+                geometry = shapely.geometry.shape(geojson)
+                valid = geometry.is_valid
             except (ValueError, TypeError, AttributeError, IndexError, ShapelyError) as exc:
                 problems.append(ConfigProblem(name, key, feature.properties.id, f"bad: {exc}"))
+                problems.refused_zones.add(feature.properties.id)
                 continue
             if geometry.is_empty:
                 problems.append(ConfigProblem(name, key, feature.properties.id, "empty geometry"))
+                problems.refused_zones.add(feature.properties.id)
                 continue
             if not valid:
-                # explain_validity says where: "Self-intersection[114.05 22.54]".
-                problems.append(
-                    ConfigProblem(
-                        name,
-                        key,
-                        feature.properties.id,
-                        f"invalid polygon: {explain_validity(geometry)}",
-                    )
-                )
+                # Says where, in the file's own datum, and which vertex is nearest.
+                where, reason = configchecks.describe_invalid_polygon(geometry, parsed.datum)
+                problems.append(ConfigProblem(name, key + where, feature.properties.id, reason))
+                problems.refused_zones.add(feature.properties.id)
                 continue
-            zones.append(
-                _RawZone(
-                    name,
-                    index,
-                    feature.properties,
-                    convert_geometry_to_wgs84(parsed.datum, geometry),
-                )
-            )
+            accepted.append((index, feature, geometry))
+        # One vectorised datum conversion per file, not one per zone (bench/: 10k zones).
+        converted = convert_geometries_to_wgs84(parsed.datum, [g for _, _, g in accepted])
+        zones.extend(
+            _RawZone(name, index, feature.properties, wgs84)
+            for (index, feature, _), wgs84 in zip(accepted, converted, strict=True)
+        )
     return zones
 
 
@@ -432,13 +570,22 @@ def _compile_schedule(schedule_id: str, model: ScheduleModel) -> Schedule:
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
     # Validated like the file (a port of 99999 or -5 is refused, not carried to a bind).
-    mqtt, database, http = {}, {}, {}
+    mqtt: dict[str, Any] = {}
+    database: dict[str, Any] = {}
+    http: dict[str, Any] = {}
     if ENV_MQTT_HOST in env:
         mqtt["host"] = env[ENV_MQTT_HOST]
     if ENV_MQTT_PORT in env:
         mqtt["port"] = env[ENV_MQTT_PORT]
     if ENV_DATABASE_URL in env:
         database["dsn"] = env[ENV_DATABASE_URL]
+    elif ENV_DATABASE_URL_FILE in env:
+        try:
+            dsn = Path(env[ENV_DATABASE_URL_FILE]).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ValueError(f"{ENV_DATABASE_URL_FILE}: cannot read: {reason}") from None
+        database["dsn"] = dsn
     if ENV_HTTP_PORT in env:
         http["port"] = env[ENV_HTTP_PORT]
     return settings.model_copy(
@@ -463,17 +610,30 @@ def _fingerprint(directory: Path) -> str:
 
 def load_config(directory: Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate a whole config directory, or raise `ConfigError` with every problem."""
-    problems: list[ConfigProblem] = []
+    from daemon import configchecks
+
+    problems = ProblemList()
     if not directory.is_dir():
         raise ConfigError([ConfigProblem(str(directory), "(dir)", "", "not a directory")])
     settings = _parse(Settings, directory / SETTINGS_FILE, problems, required=False)
     subjects = _parse(SubjectsFile, directory / SUBJECTS_FILE, problems, required=True)
     schedules = _parse(SchedulesFile, directory / SCHEDULES_FILE, problems, required=False)
+    policies = _parse(PoliciesFile, directory / POLICIES_FILE, problems, required=False)
     raw_zones = _load_zones(directory, problems)
-    if settings is None or subjects is None or schedules is None:
+    if schedules is not None:
+        configchecks.check_schedules(schedules, problems)
+    if settings is None or subjects is None or schedules is None or policies is None:
         raise ConfigError(problems)
+    environment = os.environ if env is None else env
+    officer_roles = {o.id: (o.role.value, o.supervisor) for o in subjects.officers}
+    problems.extend(
+        ConfigProblem(POLICIES_FILE, key, value, reason)
+        for key, value, reason in reference_problems(
+            policies, officer_roles, {s.id: s.officer for s in subjects.subjects}, environment
+        )
+    )
     try:
-        settings = _apply_env(settings, os.environ if env is None else env)
+        settings = _apply_env(settings, environment)
     except (ValueError, ValidationError) as exc:
         problems.append(ConfigProblem("(environment)", "EMON_*", "", str(exc)))
 
@@ -494,7 +654,14 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             zones_by_id[raw.properties.id] = raw
 
     officers = {o.id: o for o in subjects.officers}
+    seen_officers: set[str] = set()
     for index, officer in enumerate(subjects.officers):
+        if officer.id in seen_officers:
+            problems.append(
+                ConfigProblem(SUBJECTS_FILE, f"officers.{index}.id", officer.id,
+                              "duplicate officer id")
+            )
+        seen_officers.add(officer.id)
         if officer.supervisor is not None and officer.supervisor not in officers:
             problems.append(
                 ConfigProblem(
@@ -515,7 +682,12 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             return
         raw = zones_by_id.get(zone_id)
         if raw is None:
-            problems.append(ConfigProblem(SUBJECTS_FILE, where, zone_id, "zone not defined"))
+            reason = (
+                "zone refused (see the problem in its zone file)"
+                if zone_id in problems.refused_zones
+                else "zone not defined"
+            )
+            problems.append(ConfigProblem(SUBJECTS_FILE, where, zone_id, reason))
         elif raw.properties.kind is not kind:
             problems.append(
                 ConfigProblem(
@@ -569,6 +741,7 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
                 )
             )
 
+    configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems)
     if problems:
         raise ConfigError(problems)
 
@@ -611,5 +784,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             max_speed_mps=rules.max_speed_mps,
             tiers={**RuleParams().tiers, **rules.tiers},
         ),
+        alerting=compile_alerting(policies, officer_roles),
     )
-    return LoadedConfig(directory, settings, subjects, schedules, core)
+    return LoadedConfig(
+        directory, settings, subjects, schedules, core, policies,
+        tuple(problems.located_warnings()),
+    )

@@ -1,32 +1,41 @@
 """Parsing config files that may be broken or hostile, with bounded cost.
 
-The loader (daemon/configfiles.py) turns every problem into a `ConfigProblem`; what it
-gets from here is either data or a `ConfigParseError` with a reason and, where known, a
-line. Found by fuzzing the loader (tests/test_hostile_input.py): bytes that are not
-UTF-8, YAML "billion laughs" (aliases of aliases: a few hundred bytes that expand to
-billions of nodes and hang validation), recursive aliases, nesting deep enough to exhaust
-Python's recursion limit, integers too long to convert, and NaN/Infinity in GeoJSON
-(which Python's json accepts by default).
+Found by fuzzing the loader (tests/test_hostile_input.py), each of these crashed or hung
+it before:
+
+* YAML "billion laughs": aliases of aliases, a few hundred bytes that expand to billions
+  of nodes; validating (and printing) the expanded data never ends.
+* Recursive YAML aliases (`a: &a [*a]`): printing the value for a problem raised.
+* Deep nesting: libyaml's composer (PyYAML's CSafeLoader) recurses in C without a
+  limit and SEGFAULTS on `[` x 100,000 or `- ` x 100,000 (a 200 KB file); the pure
+  Python loader raises RecursionError; json raises RecursionError.
+* Integers too long to convert (`port: 1000...0`, 5,000 digits) raise ValueError.
+* NaN and Infinity, which Python's json accepts by default, in GeoJSON.
+
+`check_yaml` runs before a YAML text is composed; `load_json` replaces `json.loads`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, Node, SequenceNode
 
+# Config files are shallow (a subject's exclusion list is 4 levels down).
+MAX_CONFIG_DEPTH = 64
 # Nodes that aliases may add beyond the file's own. Anchors and aliases stay usable for
 # sharing a schedule or a zone list; a file that expands past this is refused before
 # anything walks the expanded structure.
 MAX_ALIAS_EXPANDED_NODES = 100_000
-# Config files are shallow (a subject's exclusion list is 4 levels down).
-MAX_YAML_FLOW_DEPTH = 64
+
+_OPENING = (yaml.SequenceStartEvent, yaml.MappingStartEvent)
+_CLOSING = (yaml.SequenceEndEvent, yaml.MappingEndEvent)
 
 
 class ConfigParseError(Exception):
-    """The text cannot be read as config data (not a `ConfigError`: no file name yet)."""
+    """A JSON text cannot be read as config data (not a `ConfigError`: no file name yet)."""
 
     def __init__(self, reason: str, line: int | None = None) -> None:
         super().__init__(reason)
@@ -34,26 +43,66 @@ class ConfigParseError(Exception):
         self.line = line
 
 
-def decode_utf8(raw: bytes) -> str:
+class YamlLimitError(yaml.YAMLError):
+    """A YAML text beyond what the loader accepts; a `yaml.YAMLError`, so every caller
+    that reports invalid YAML reports this too."""
+
+    def __init__(self, reason: str, line: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.line = line
+        self.problem_mark = yaml.Mark("", 0, line - 1, 0, None, 0) if line else None
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def check_nesting(text: str, loader_class: type[Any]) -> None:
+    """Refuse YAML (or JSON) nested deeper than MAX_CONFIG_DEPTH, before composing it.
+
+    Parses events only: libyaml's parser keeps its own stack (no recursion), and stops
+    at the first event past the limit, so the cost is bounded by the limit, not the file.
+    """
+    loader = loader_class(text)
+    depth = 0
     try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigParseError(
-            f"not UTF-8: byte 0x{raw[exc.start]:02x} at offset {exc.start}", line
-        ) from None
+        while True:
+            event = loader.get_event()
+            if event is None:
+                return
+            if isinstance(event, _OPENING):
+                depth += 1
+                if depth > MAX_CONFIG_DEPTH:
+                    mark = event.start_mark
+                    raise YamlLimitError(
+                        f"nested deeper than {MAX_CONFIG_DEPTH} levels",
+                        mark.line + 1 if mark is not None else None,
+                    )
+            elif isinstance(event, _CLOSING):
+                depth -= 1
+    finally:
+        loader.dispose()
 
 
-def _expanded_size(root: yaml.Node) -> tuple[int, int]:
-    """(distinct nodes, nodes after expanding aliases) of a composed YAML document.
+def _children(node: Node) -> list[Node]:
+    if isinstance(node, SequenceNode):
+        return list(node.value)
+    if isinstance(node, MappingNode):
+        return [part for pair in node.value for part in pair]
+    return []
 
-    Aliases are the same Node object reached twice, so sizes are memoised per node; a
-    node reached again while its own size is being computed is a cycle.
+
+def check_aliases(root: Node) -> None:
+    """Refuse a composed document whose aliases form a cycle or expand it by more than
+    MAX_ALIAS_EXPANDED_NODES nodes.
+
+    An alias is the same Node object reached twice, so sizes are memoised per node (linear
+    in the distinct nodes); a node reached again while its own size is being computed is a
+    cycle. Iterative.
     """
     sizes: dict[int, int] = {}
     in_progress: set[int] = set()
-    # Iterative post-order walk: ("enter", node) then ("exit", node).
-    stack: list[tuple[bool, yaml.Node]] = [(False, root)]
+    stack: list[tuple[bool, Node]] = [(False, root)]
     while stack:
         leaving, node = stack.pop()
         key = id(node)
@@ -64,58 +113,18 @@ def _expanded_size(root: yaml.Node) -> tuple[int, int]:
         if key in sizes:
             continue
         if key in in_progress:
-            raise ConfigParseError("recursive YAML alias (a node that contains itself)")
+            raise YamlLimitError(
+                "recursive alias (a node that contains itself)", node.start_mark.line + 1
+            )
         in_progress.add(key)
         stack.append((True, node))
         stack.extend((False, child) for child in _children(node))
-    return len(sizes), sizes[id(root)]
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    return []
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader that refuses deep flow nesting ([[[[...) as it scans it. PyYAML's scanner
-    does work proportional to the nesting depth for every token, so 5,000 brackets take
-    seconds before the composer's recursion even fails (measured: 3 s)."""
-
-    def fetch_flow_collection_start(self, TokenClass: Any) -> None:
-        if self.flow_level >= MAX_YAML_FLOW_DEPTH:
-            raise ConfigParseError(
-                f"YAML nested deeper than {MAX_YAML_FLOW_DEPTH}", self.line + 1
-            )
-        super().fetch_flow_collection_start(TokenClass)
-
-
-def load_yaml(text: str) -> Any:
-    """`yaml.safe_load` that refuses what would cost unbounded time or crash.
-
-    Raises ConfigParseError; yaml.YAMLError (syntax) passes through for the caller's own
-    message with its line.
-    """
-    loader = _BoundedLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        distinct, expanded = _expanded_size(node)
-        if expanded - distinct > MAX_ALIAS_EXPANDED_NODES:
-            raise ConfigParseError(
-                f"YAML aliases expand {distinct} nodes to {expanded} "
-                f"(more than {MAX_ALIAS_EXPANDED_NODES} added): refused"
-            )
-        return loader.construct_document(node)
-    except RecursionError:
-        raise ConfigParseError("YAML nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer literal beyond int_max_str_digits
-        raise ConfigParseError(f"invalid value: {str(exc)[:120]}") from None
-    finally:
-        loader.dispose()
+    distinct, expanded = len(sizes), sizes[id(root)]
+    if expanded - distinct > MAX_ALIAS_EXPANDED_NODES:
+        raise YamlLimitError(
+            f"aliases expand {distinct} nodes to {expanded} "
+            f"(more than {MAX_ALIAS_EXPANDED_NODES} added): refused"
+        )
 
 
 def _refuse_constant(name: str) -> Any:
@@ -131,27 +140,5 @@ def load_json(text: str) -> Any:
         raise ConfigParseError(exc.msg, exc.lineno) from None
     except RecursionError:
         raise ConfigParseError("JSON nested too deeply") from None
-    except ValueError as exc:
-        raise ConfigParseError(str(exc)) from None
-
-
-def check_coordinates(coordinates: Any) -> None:
-    """Every number in a GeoJSON coordinates array is a finite int or float.
-
-    json turns 1e400 into infinity, and a NaN vertex makes GEOS raise or, worse, build a
-    polygon that contains nothing. Iterative: nesting depth costs no stack.
-    """
-    stack = [coordinates]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigParseError(f"coordinate {str(value)[:40]!r} is not a number")
-        else:
-            try:
-                finite = math.isfinite(value)
-            except OverflowError:  # an integer beyond any double
-                finite = False
-            if not finite:
-                raise ConfigParseError(f"coordinate {str(value)[:40]} is not finite")
+    except ValueError as exc:  # NaN, Infinity, an integer beyond int_max_str_digits
+        raise ConfigParseError(str(exc)[:160]) from None

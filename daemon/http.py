@@ -1,10 +1,10 @@
-"""The daemon's HTTP side: /metrics for Prometheus and /healthz. (The officer API plugs in
-here: issue 6.)"""
+"""The daemon's HTTP side: /metrics for Prometheus, /healthz, and the officer API's routes
+(daemon.officer_api) when the daemon passes them."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -15,9 +15,16 @@ _LOGGER = logging.getLogger(__name__)
 
 
 class HttpServer:
-    def __init__(self, host: str, port: int, health: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        health: Callable[[], dict[str, Any]],
+        routes: Sequence[web.RouteDef] = (),
+    ) -> None:
         self._host, self._port = host, port
         self._health = health
+        self._routes = routes
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -33,6 +40,7 @@ class HttpServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
+        app.add_routes(self._routes)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
@@ -40,7 +48,10 @@ class HttpServer:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         self.bound_port = sockets[0].getsockname()[1] if sockets else self._port
-        _LOGGER.info("HTTP on %s:%s (/metrics, /healthz)", self._host, self.bound_port)
+        _LOGGER.info(
+            "HTTP on %s:%s (/metrics, /healthz%s)", self._host, self.bound_port,
+            ", officer API" if self._routes else "",
+        )
         return self
 
     async def __aexit__(

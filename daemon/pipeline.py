@@ -12,7 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
-from daemon.wire import RejectReason, WireError, decode
+from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
 from geofence.engine import Engine
 from geofence.observation import Observation
@@ -25,14 +25,19 @@ class Outcome:
     findings: list[Finding] = field(default_factory=list)
     transitions: list[AlertTransition] = field(default_factory=list)
     rejection: WireError | None = None
+    ignored: str | None = None  # reason: a well-formed message with nothing to evaluate
+    # The config this message was decided against (CoreConfig.version): stored with the
+    # row, so every decision names exactly one whole config, also across a hot reload.
+    config_version: str = ""
 
 
 class Pipeline:
     def __init__(self, config: CoreConfig) -> None:
         self._config = config
         self.engine = Engine(config)
-        self.book = AlertBook(officer_of=self._officer_of)
+        self.book = AlertBook(self._officer_of, config.alerting.tier_policies())
         self.rejections: Counter[RejectReason] = Counter()
+        self.ignored: Counter[str] = Counter()
 
     @property
     def config(self) -> CoreConfig:
@@ -43,22 +48,32 @@ class Pipeline:
         return subject.officer_id if subject is not None else None
 
     def swap_config(self, config: CoreConfig) -> None:
+        """Adopt a new, wholly validated config. Call it between two `handle`/`tick` calls
+        (on the thread that makes them): each call then runs against one config only."""
         self._config = config
         self.engine.swap_config(config)
+        self.book.swap_policies(config.alerting.tier_policies())
 
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+        version = self._config.version
         try:
-            observation = decode(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at)
+            if isinstance(decoded, IgnoredMessage):
+                self.ignored[decoded.reason] += 1
+                return Outcome(ignored=decoded.reason, config_version=version)
+            observation = decoded
             spec = self._config.devices.get(observation.device_id)
             if spec is None:
                 # A device not in the roster is refused, never evaluated or stored.
                 raise WireError(RejectReason.UNKNOWN_DEVICE, observation.device_id)
         except WireError as error:
             self.rejections[error.reason] += 1
-            return Outcome(rejection=error)
+            return Outcome(rejection=error, config_version=version)
         findings = self.engine.observe(observation, received_at)
         transitions = [t for f in findings for t in self.book.apply(f)]
-        return Outcome(observation, spec.subject_id, findings, transitions)
+        return Outcome(
+            observation, spec.subject_id, findings, transitions, config_version=version
+        )
 
     def tick(self, now: datetime) -> list[AlertTransition]:
         return [t for f in self.engine.tick(now) for t in self.book.apply(f)]

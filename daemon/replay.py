@@ -3,6 +3,11 @@
 Each line is `{"topic": ..., "payload": {...} | "<raw text>", "received_at": "<RFC 3339>"}`
 in arrival order; `received_at` defaults to the payload's `ts` and drives the virtual clock.
 Ticks run at the same interval as in the daemon, so time-driven rules behave as live.
+With `escalation` (`emon replay --escalation`), the escalation ladder (policies.yaml) runs in
+the same virtual time with the daemon's pure functions, so the output also has the
+`notified`/`escalated`/`reminded` lines the live daemon would publish if nobody acknowledged
+(silences and leave are not in a recording; inhibitions are). Off by default: the plain
+output is the alerts' own lifecycle, which is what tuning a rule is about.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import IO, Any
 
-from alerts.model import AlertTransition
+from alerts.escalation import Escalator, Mute
+from alerts.model import Alert, AlertTransition
+from alerts.suppression import mute_for
 from daemon.pipeline import Pipeline
 from geofence.config import CoreConfig
 
@@ -39,6 +46,7 @@ class ReplayStats:
     bad_lines: int = 0
     transitions: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    ignored: Counter[str] = field(default_factory=Counter)
 
 
 class ReplayLineError(ValueError):
@@ -98,17 +106,34 @@ def parse_line(line: str) -> ReplayMessage:
 class Replayer:
     """Runs messages through a pipeline with ticks on a virtual clock."""
 
-    def __init__(self, config: CoreConfig, tick_interval_seconds: float) -> None:
+    def __init__(
+        self, config: CoreConfig, tick_interval_seconds: float, escalation: bool = False
+    ) -> None:
         self.pipeline = Pipeline(config)
         self._tick = timedelta(seconds=tick_interval_seconds)
         self._next_tick: datetime | None = None
         self.stats = ReplayStats()
+        self.escalator: Escalator | None = (
+            Escalator(config.alerting, self.pipeline.book.get, self._mute) if escalation else None
+        )
+
+    def _mute(self, alert: Alert, now: datetime) -> Mute | None:
+        return mute_for(
+            alert, now, config=self.pipeline.config.alerting,
+            unresolved=self.pipeline.book.unresolved(), silences=(),
+        )
+
+    def _escalate(self, transitions: list[AlertTransition], now: datetime) -> list[AlertTransition]:
+        if self.escalator is None:
+            return transitions
+        self.escalator.observe(transitions, now)
+        return transitions + self.escalator.tick(now)
 
     def _ticks_until(self, now: datetime) -> Iterator[AlertTransition]:
         if self._next_tick is None:
             self._next_tick = now
         while self._next_tick <= now:
-            yield from self.pipeline.tick(self._next_tick)
+            yield from self._escalate(self.pipeline.tick(self._next_tick), self._next_tick)
             self._next_tick += self._tick
 
     def feed(self, message: ReplayMessage) -> list[AlertTransition]:
@@ -116,7 +141,10 @@ class Replayer:
         outcome = self.pipeline.handle(message.topic, message.payload, message.received_at)
         if outcome.rejection is not None:
             self.stats.rejections[outcome.rejection.reason.value] += 1
-        transitions += outcome.transitions
+        if outcome.ignored is not None:
+            self.stats.ignored[outcome.ignored] += 1
+        # The daemon sweeps as soon as an alert opens: the first step is not a tick late.
+        transitions += self._escalate(outcome.transitions, message.received_at)
         self.stats.transitions += len(transitions)
         return transitions
 
@@ -134,8 +162,9 @@ def replay_lines(
     tick_interval_seconds: float,
     out: IO[str],
     progress: IO[str] | None = sys.stderr,
+    escalation: bool = False,
 ) -> ReplayStats:
-    replayer = Replayer(config, tick_interval_seconds)
+    replayer = Replayer(config, tick_interval_seconds, escalation)
     last_at: datetime | None = None
     last_progress = time.monotonic()
     for number, line in enumerate(lines, start=1):
@@ -160,6 +189,7 @@ def replay_lines(
     if progress is not None:
         progress.write(
             f"replay: done, {stats.lines} lines ({stats.bad_lines} unreadable), "
-            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}\n"
+            f"{stats.transitions} alert transitions, rejected: {dict(stats.rejections)}, "
+            f"ignored: {dict(stats.ignored)}\n"
         )
     return stats

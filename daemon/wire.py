@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -20,7 +21,13 @@ TOPIC_ROOT = "emon/v1"
 DEVICE_TOPIC_PREFIX = f"{TOPIC_ROOT}/devices/"
 ALERTS_TOPIC_PREFIX = f"{TOPIC_ROOT}/alerts/"
 DEADLETTER_TOPIC_PREFIX = f"{TOPIC_ROOT}/deadletter/"
-DEVICE_SUBSCRIPTIONS = (f"{DEVICE_TOPIC_PREFIX}+/location", f"{DEVICE_TOPIC_PREFIX}+/event")
+# OwnTracks phones publish locations on `owntracks/<user>/<device>` (daemon/owntracks.py).
+OWNTRACKS_TOPIC_PREFIX = "owntracks/"
+DEVICE_SUBSCRIPTIONS = (
+    f"{DEVICE_TOPIC_PREFIX}+/location",
+    f"{DEVICE_TOPIC_PREFIX}+/event",
+    f"{OWNTRACKS_TOPIC_PREFIX}+/+",
+)
 
 MAX_PAYLOAD_BYTES = 4096  # a fix is ~150 bytes; anything this large is not a device talking
 MAX_EXTRA_FIELDS = 16
@@ -50,6 +57,7 @@ class RejectReason(StrEnum):
     TS_IN_FUTURE = "ts_in_future"
     TS_TOO_OLD = "ts_too_old"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
+    UNSUPPORTED_PAYLOAD = "unsupported_payload"  # e.g. an encrypted OwnTracks payload
 
 
 class WireError(Exception):
@@ -71,13 +79,33 @@ def parse_device_topic(topic: str) -> tuple[str, str]:
     return rest[0], rest[1]
 
 
+@dataclass(frozen=True, slots=True)
+class IgnoredMessage:
+    """A well-formed message that carries nothing to evaluate or store (an OwnTracks `lwt`,
+    `transition`, `card`, ...): counted under `reason`, acknowledged, never dead-lettered."""
+
+    reason: str
+
+
 def device_id_of_topic(topic: str) -> str:
     """Best-effort device id for dead-letter routing, even from a bad topic."""
     if topic.startswith(DEVICE_TOPIC_PREFIX):
         candidate = topic[len(DEVICE_TOPIC_PREFIX) :].split("/", 1)[0]
         if DEVICE_ID_PATTERN.match(candidate):
             return candidate
+    if topic.startswith(OWNTRACKS_TOPIC_PREFIX):
+        from daemon.owntracks import device_id_of_owntracks_topic
+
+        return device_id_of_owntracks_topic(topic) or "_unknown"
     return "_unknown"
+
+
+def channel_of_topic(topic: str) -> str:
+    """A bounded metric label for a device topic: location, event, owntracks or other."""
+    if topic.startswith(OWNTRACKS_TOPIC_PREFIX):
+        return "owntracks"
+    channel = topic.rsplit("/", 1)[-1]
+    return channel if channel in ("location", "event") else "other"
 
 
 def _reject_constant(value: str) -> Any:
@@ -251,7 +279,20 @@ def decode_event(device_id: str, data: dict[str, Any], received_at: datetime) ->
     )
 
 
+def decode_any(
+    topic: str, payload: bytes, received_at: datetime
+) -> Observation | IgnoredMessage:
+    """Any subscribed device topic: wire v1 (`decode`) or an OwnTracks phone."""
+    if topic.startswith(OWNTRACKS_TOPIC_PREFIX):
+        # Imported here because daemon.owntracks builds on this module's helpers.
+        from daemon.owntracks import decode_owntracks
+
+        return decode_owntracks(topic, payload, received_at)
+    return decode(topic, payload, received_at)
+
+
 def decode(topic: str, payload: bytes, received_at: datetime) -> Observation:
+    """A wire v1 device topic (`emon/v1/devices/<id>/location|event`)."""
     device_id, channel = parse_device_topic(topic)
     data = load_json_object(payload)
     if channel == "location":

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
+from alerts.policy import AlertingConfig
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule
 from geofence.zones import LocalProjection, Zone, ZoneIndex, ZoneKind
@@ -89,6 +90,7 @@ class CoreConfig:
     zones: Mapping[str, Zone]
     subjects: Mapping[str, SubjectSpec]
     rules: RuleParams = RuleParams()
+    alerting: AlertingConfig = field(default_factory=AlertingConfig)  # policies.yaml
     devices: Mapping[str, DeviceSpec] = field(init=False)
     exclusion_index: ZoneIndex = field(init=False)
 

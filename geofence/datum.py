@@ -19,7 +19,7 @@ that `convert_geometry_to_wgs84` converts a polygon of thousands of vertices in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import cast
 
@@ -207,10 +207,29 @@ def convert_geometry_to_wgs84(datum: Datum | str, geom: BaseGeometry) -> BaseGeo
     fn = _TO_WGS84[Datum(datum)]
     if fn is _identity:
         return geom
+    return cast(BaseGeometry, shapely.transform(geom, _vertex_converter(fn), include_z=None))
 
+
+def convert_geometries_to_wgs84(
+    datum: Datum | str, geoms: Sequence[BaseGeometry]
+) -> list[BaseGeometry]:
+    """`convert_geometry_to_wgs84` for many geometries (a zone file) in one vectorised pass.
+
+    The per-call cost of the numpy pipeline dwarfs the per-vertex cost for a zone of a few
+    dozen vertices: converting a file's zones together is ~50x faster than one by one."""
+    fn = _TO_WGS84[Datum(datum)]
+    if fn is _identity or not geoms:
+        return list(geoms)
+    array = np.empty(len(geoms), dtype=object)
+    array[:] = list(geoms)
+    converted = shapely.transform(array, _vertex_converter(fn), include_z=None)
+    return [cast(BaseGeometry, g) for g in converted]
+
+
+def _vertex_converter(fn: _PairFn) -> Callable[[Array], Array]:
     def _xy(coords: Array) -> Array:
         out = np.array(coords, dtype=np.float64, copy=True)
         out[:, 0], out[:, 1] = fn(out[:, 0].copy(), out[:, 1].copy())
         return out
 
-    return cast(BaseGeometry, shapely.transform(geom, _xy, include_z=None))
+    return _xy

@@ -28,7 +28,10 @@ stage "mypy" .venv/bin/mypy
 
 printf '== pytest\n'
 pytest_status=0
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@" || pytest_status=$?
+# A base temp dir per checkout: pytest prunes old /tmp/pytest-of-<user>/pytest-N dirs, which
+# would delete the data dir of another checkout's running test PostgreSQL.
+basetemp="/tmp/emon-pytest-$(pwd | sha1sum | cut -c1-10)"
+.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$basetemp" "$@" || pytest_status=$?
 case "$pytest_status" in
     0) ;;
     5)

@@ -146,6 +146,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="print the expected alerts as JSON lines and exit",
     )
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(
+        dest="sim_command", metavar="{run,fleet,load}",
+        description="Without a command, `emon sim` simulates the scripted demo day.",
+    )
+    from simulators.cli_fleet import add_fleet_parser
+    from simulators.cli_run import add_run_parser
+    from simulators.load import add_load_parser
+
+    add_run_parser(commands, parse_broker, _positive_float)
+    add_fleet_parser(commands, parse_broker, _positive_float, _positive_int)
+    add_load_parser(commands, parse_broker, _positive_float, _positive_int)
 
 
 def run(args: argparse.Namespace) -> int:

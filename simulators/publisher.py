@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Final, TextIO
 
 import aiomqtt
@@ -88,3 +88,83 @@ async def publish(
             stream.flush()
     _LOGGER.info("Published %s messages in %.1f s", published, loop.time() - wall_start)
     return published
+
+
+DEFAULT_INFLIGHT: Final = 200
+"""QoS 1 publishes awaiting their PUBACK at once (the broker's inflight limit is higher)."""
+
+
+async def publish_stream(
+    messages: Iterable[SimMessage],
+    *,
+    host: str,
+    port: int,
+    speed: float | None = None,
+    client_id: str = "emon-sim",
+    progress: bool = True,
+    progress_stream: TextIO | None = None,
+    inflight: int = DEFAULT_INFLIGHT,
+) -> int:
+    """Publish a (possibly endless, lazily generated) stream in order with QoS 1.
+
+    Like `publish`, but up to `inflight` messages await their PUBACK at once, so a fleet is
+    not held to one broker round trip per message; they still leave in order on the one
+    connection. Returns how many the broker acknowledged; raises `aiomqtt.MqttError`."""
+    if inflight <= 0:
+        raise ValueError(f"inflight must be positive, got {inflight}")
+    if speed is not None and not speed > 0:
+        raise ValueError(f"speed must be positive, got {speed}")
+    stream = progress_stream if progress_stream is not None else sys.stderr
+    loop = asyncio.get_running_loop()
+    window = asyncio.Semaphore(inflight)
+    acknowledged = 0
+
+    async with aiomqtt.Client(
+        host, port, identifier=client_id, timeout=PUBLISH_TIMEOUT_S
+    ) as client:
+        # A full window of publishes awaiting PUBACK is intended, not a warning sign.
+        client.pending_calls_threshold = inflight + 1
+
+        async def send(message: SimMessage) -> None:
+            nonlocal acknowledged
+            try:
+                await client.publish(
+                    message.topic, encode_payload(message.payload), qos=QOS_AT_LEAST_ONCE
+                )
+                acknowledged += 1
+            finally:
+                window.release()
+
+        wall_start = loop.time()
+        next_progress = wall_start + PROGRESS_INTERVAL_S
+        virtual_start = None
+        last_count, last_wall = 0, wall_start
+        async with asyncio.TaskGroup() as tasks:
+            for index, message in enumerate(messages):
+                if virtual_start is None:
+                    virtual_start = message.at
+                if speed is not None:
+                    delay_s = (
+                        wall_start
+                        + (message.at - virtual_start).total_seconds() / speed
+                        - loop.time()
+                    )
+                    if delay_s > 0:
+                        await asyncio.sleep(delay_s)
+                await window.acquire()
+                tasks.create_task(send(message), name=f"emon-sim-publish-{index}")
+                now = loop.time()
+                if progress and now >= next_progress:
+                    rate = (acknowledged - last_count) / (now - last_wall)
+                    stream.write(
+                        f"emon sim: published {acknowledged} ({rate:,.0f}/s), "
+                        f"virtual time {message.at.isoformat(timespec='seconds')}\n"
+                    )
+                    stream.flush()
+                    last_count, last_wall = acknowledged, now
+                    next_progress = now + PROGRESS_INTERVAL_S
+        if progress:
+            elapsed_s = loop.time() - wall_start
+            stream.write(f"emon sim: published {acknowledged} in {elapsed_s:.1f} s\n")
+            stream.flush()
+    return acknowledged

@@ -84,19 +84,27 @@ def make_pki(directory: Path) -> Pki:
     return Pki(ca_cert, server_cert, server_key, other_ca_cert)
 
 
-def write_roster(config_dir: Path, *, add_devices: dict[str, str] | None = None,
-                 drop_subjects: tuple[str, ...] = ()) -> Path:
-    """A copy of config/ with subjects dropped and subjects (id -> device id) added."""
+def write_roster(
+    config_dir: Path,
+    *,
+    add_devices: dict[str, str | list[tuple[str, str]]] | None = None,
+    drop_subjects: tuple[str, ...] = (),
+) -> Path:
+    """A copy of config/ with subjects dropped and subjects added: subject id -> a device
+    id (a phone if it has a dot: OwnTracks' <user>.<device>, else a wearable), or a list
+    of (device id, kind)."""
     shutil.copytree(CONFIG_DIR, config_dir, ignore=shutil.ignore_patterns("mosquitto"))
     subjects_file = config_dir / "subjects.yaml"
     roster = yaml.safe_load(subjects_file.read_text(encoding="utf-8"))
     roster["subjects"] = [s for s in roster["subjects"] if s["id"] not in drop_subjects]
-    for subject_id, device_id in (add_devices or {}).items():
+    for subject_id, devices in (add_devices or {}).items():
+        if isinstance(devices, str):
+            devices = [(devices, "phone" if "." in devices else "wearable")]
         roster["subjects"].append(
             {
                 "id": subject_id,
                 "officer": "off-li",
-                "devices": [{"id": device_id, "kind": "wearable"}],
+                "devices": [{"id": device_id, "kind": kind} for device_id, kind in devices],
                 "permitted_zone": "district-futian",
             }
         )

@@ -18,7 +18,7 @@ from daemon.configfiles import DatabaseSettings, HttpSettings, LoadedConfig, loa
 
 READY_TIMEOUT_SECONDS = 30.0
 STOP_TIMEOUT_SECONDS = 30.0
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 def daemon_config(

@@ -31,8 +31,9 @@ def test_accounts_follow_the_roster() -> None:
     accounts = build_accounts(load_config(CONFIG_DIR, env={}))
     by_name = {a.name: a for a in accounts}
     assert [a.name for a in accounts] == [
-        "emon-daemon", "alerts-reader", "deadletter-reader", *ROSTER_DEVICES
-    ]
+        "emon-daemon", "alerts-reader", "operator",
+        "cmd-futian", "off-chen", "off-li", "sup-wang", *ROSTER_DEVICES,
+    ]  # fmt: skip
     device = by_name["tag-s002"]
     assert device.role is AccountRole.DEVICE
     assert {(g.access, g.topic) for g in device.grants} == {
@@ -42,18 +43,59 @@ def test_accounts_follow_the_roster() -> None:
     assert {(g.access, g.topic) for g in by_name["emon-daemon"].grants} == {
         ("read", "emon/v1/devices/+/location"),
         ("read", "emon/v1/devices/+/event"),
+        ("read", "owntracks/+/+"),
+        ("read", "emon/v1/commands/+"),
         ("write", "emon/v1/alerts/#"),
         ("write", "emon/v1/deadletter/#"),
+        ("write", "emon/v1/commands/+/reply"),
+        ("write", "emon/v1/officers/+/notifications"),
+        ("write", "emon/v1/operators/config"),
     }
     assert {(g.access, g.topic) for g in by_name["alerts-reader"].grants} == {
         ("read", "emon/v1/alerts/#")
     }
+    # Officers: their own channel, and the alerts of the subjects in their care.
+    assert {(g.access, g.topic) for g in by_name["off-li"].grants} == {
+        ("write", "emon/v1/commands/off-li"),
+        ("read", "emon/v1/commands/off-li/reply"),
+        ("read", "emon/v1/officers/off-li/notifications"),
+        ("read", "emon/v1/alerts/s001"),
+        ("read", "emon/v1/alerts/s002"),
+    }
+    alert_reads = {
+        name: {g.topic for g in by_name[name].grants if g.topic.startswith("emon/v1/alerts/")}
+        for name in ("off-chen", "sup-wang", "cmd-futian")
+    }
+    assert alert_reads == {
+        "off-chen": {"emon/v1/alerts/s003"},
+        "sup-wang": {f"emon/v1/alerts/{s}" for s in ("s001", "s002", "s003")},  # the team
+        "cmd-futian": {"emon/v1/alerts/#"},  # the command role
+    }
     # Nobody but the daemon reads device topics; no device reads anything.
     readers_of_devices = {
         a.name for a in accounts for g in a.grants
-        if g.access == "read" and g.topic.startswith("emon/v1/devices/")
+        if g.access == "read" and g.topic.startswith(("emon/v1/devices/", "owntracks/"))
     }  # fmt: skip
     assert readers_of_devices == {"emon-daemon"}
+
+
+def test_owntracks_phones_get_one_account_per_user(tmp_path: Path) -> None:
+    config = write_roster(
+        tmp_path / "config",
+        add_devices={
+            "s900": [("u900.phone", "phone"), ("u900.tablet", "phone")],  # one user
+            "s901": "u901.phone",
+            "s902": [("tag.s902", "wearable")],  # a dot, but a wire v1 device
+        },
+    )
+    accounts = {a.name: a for a in build_accounts(load_config(config, env={}))}
+    assert {n for n, a in accounts.items() if a.role is AccountRole.OWNTRACKS_USER} == {
+        "u900", "u901"
+    }
+    assert [(g.access, g.topic) for g in accounts["u900"].grants] == [
+        ("write", "owntracks/u900/+")
+    ]
+    assert accounts["tag.s902"].role is AccountRole.DEVICE
 
 
 def test_daemon_account_is_the_configured_user_name(tmp_path: Path) -> None:
@@ -143,7 +185,7 @@ def test_cli_regenerates_after_a_roster_change(tmp_path: Path) -> None:
 
     code, out, _ = run_emon(*args, "--credentials", str(creds))
     assert code == 0
-    assert "6 accounts: 0 kept, 6 new or rotated" in out
+    assert "10 accounts: 0 kept, 10 new or rotated" in out
     for path in (passwd, creds):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = parse_password_file(passwd.read_text(encoding="utf-8"), "passwd")
@@ -161,7 +203,7 @@ def test_cli_regenerates_after_a_roster_change(tmp_path: Path) -> None:
     write_roster(config, add_devices={"s900": "tag-s900"}, drop_subjects=("s001",))
     code, out, _ = run_emon(*args, "--credentials", str(creds))
     assert code == 0
-    assert "6 accounts: 5 kept, 1 new or rotated" in out
+    assert "10 accounts: 9 kept, 1 new or rotated" in out
     assert "1 revoked" in out
     second = parse_password_file(passwd.read_text(encoding="utf-8"), "passwd")
     assert "tag-s001" not in second

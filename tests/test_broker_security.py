@@ -42,6 +42,7 @@ pytestmark = pytest.mark.services
 
 RECEIVE_TIMEOUT_SECONDS = 20.0
 STRANGER = "tag-stranger"  # has broker credentials, but is not in the daemon's roster
+OWNTRACKS_PHONE = "u900.phone"  # an OwnTracks phone: account u900, owntracks/u900/phone
 # More than Mosquitto's default max_queued_messages (1,000), which would drop the rest.
 QUEUED_WHILE_OFFLINE = 1_500
 DAEMON_PASSWORD_ENV = "EMON_TEST_BROKER_PASSWORD"
@@ -57,7 +58,9 @@ def broker_files(tmp_path_factory: pytest.TempPathFactory) -> BrokerFiles:
     """Files from the example roster plus one device the daemon's roster lacks (a roster
     that drifted: the daemon must still refuse that device)."""
     base = tmp_path_factory.mktemp("broker-files")
-    roster = write_roster(base / "config", add_devices={"s-stranger": STRANGER})
+    roster = write_roster(
+        base / "config", add_devices={"s-stranger": STRANGER, "s-phone": OWNTRACKS_PHONE}
+    )
     return make_broker_files(roster, base)
 
 
@@ -166,10 +169,16 @@ async def test_device_cannot_publish_as_another_device(
         login(broker, broker_files, pki, "tag-s001") as device_a,
         login(broker, broker_files, pki, "tag-s002") as device_b,
     ):
-        await daemon_account.subscribe("emon/v1/devices/+/location", qos=1)
-        await daemon_account.subscribe("emon/v1/devices/+/event", qos=1)
+        for topic in ("emon/v1/devices/+/location", "emon/v1/devices/+/event", "owntracks/+/+"):
+            await daemon_account.subscribe(topic, qos=1)
         own, spoof, spoof_event = ping(acc=1.0), ping(acc=2.0), b'{"type":"strap_open"}'
         await device_a.publish("emon/v1/devices/tag-s001/location", own, qos=1)
+        # An OwnTracks user publishes for its own phones, and only there.
+        async with login(broker, broker_files, pki, "u900") as phone_user:
+            await phone_user.publish("owntracks/u900/phone", b'{"_type":"location"}', qos=1)
+            await phone_user.publish("owntracks/u901/phone", spoof, qos=1)
+            await phone_user.publish("emon/v1/devices/tag-s002/location", spoof, qos=1)
+        await device_a.publish("owntracks/u900/phone", spoof, qos=1)
         # A's spoofs of B's topics (a stolen tag pretending to be at home for someone else),
         # and of topics of nobody at all, are acknowledged and dropped.
         await device_a.publish("emon/v1/devices/tag-s002/location", spoof, qos=1)
@@ -183,6 +192,7 @@ async def test_device_cannot_publish_as_another_device(
         got = await receive_until(daemon_account, marker)
     assert got == [
         ("emon/v1/devices/tag-s001/location", own),
+        ("owntracks/u900/phone", b'{"_type":"location"}'),
         ("emon/v1/devices/tag-s002/location", marker),
     ]
 
@@ -233,33 +243,64 @@ async def test_a_device_cannot_take_over_the_daemons_session(
             assert await receive_until(reader, body) == [("emon/v1/alerts/s001", body)]
 
 
-async def test_retained_and_oversized_messages_cut_the_sender_off(
+async def test_oversized_packet_cuts_the_sender_off(
     broker: ConfiguredMosquittoProcess, broker_files: BrokerFiles, pki: Pki
 ) -> None:
-    """retain_available false and max_packet_size: the sender is disconnected, and the
-    message reaches nobody, now or later."""
+    """max_packet_size: the sender is disconnected, and the message reaches nobody."""
     topic = "emon/v1/devices/tag-s001/location"
     async with login(broker, broker_files, pki, "emon-daemon") as daemon_account:
         await daemon_account.subscribe("emon/v1/devices/+/location", qos=1)
 
-        async def send_and_wait_to_be_cut_off(payload: bytes, retain: bool) -> None:
+        async def send_and_wait_to_be_cut_off() -> None:
             # The publish itself may already fail, or time out, as the broker cuts in.
             async with login(broker, broker_files, pki, "tag-s001", timeout=3) as device:
-                await device.publish(topic, payload, qos=0, retain=retain)
+                await device.publish(topic, b"x" * 70_000, qos=0)
                 await wait_disconnected(device)
 
-        for payload, retain in ((ping(acc=1.0), True), (b"x" * 70_000, False)):
-            with pytest.raises(aiomqtt.MqttError):
-                await send_and_wait_to_be_cut_off(payload, retain)
+        with pytest.raises(aiomqtt.MqttError):
+            await send_and_wait_to_be_cut_off()
         marker = ping(acc=2.0)
         async with login(broker, broker_files, pki, "tag-s001") as device:
             await device.publish(topic, marker, qos=1)
         assert await receive_until(daemon_account, marker) == [(topic, marker)]
-    # Nothing was retained for a later subscriber either.
-    async with login(broker, broker_files, pki, "emon-daemon") as late:
-        await late.subscribe("emon/v1/devices/#", qos=1)
-        await late.publish("emon/v1/alerts/s001", b"{}", qos=1)  # a round trip
-        assert len(late.messages) == 0
+
+
+async def test_officers_read_only_their_subjects_alerts_and_their_own_channel(
+    broker: ConfiguredMosquittoProcess, broker_files: BrokerFiles, pki: Pki
+) -> None:
+    """off-li has s001 and s002, off-chen s003; sup-wang supervises both."""
+    async with (
+        login(broker, broker_files, pki, "emon-daemon") as daemon_account,
+        login(broker, broker_files, pki, "off-li") as li,
+        login(broker, broker_files, pki, "off-chen") as chen,
+        login(broker, broker_files, pki, "sup-wang") as wang,
+    ):
+        await daemon_account.subscribe("emon/v1/commands/+", qos=1)
+        for officer in (li, chen, wang):
+            await officer.subscribe("#", qos=1)  # granted; the ACL filters deliveries
+        for subject in ("s001", "s002", "s003"):
+            await daemon_account.publish(f"emon/v1/alerts/{subject}", subject.encode(), qos=1)
+        await daemon_account.publish("emon/v1/officers/off-chen/notifications", b"n", qos=1)
+        await daemon_account.publish("emon/v1/commands/off-li/reply", b"r", qos=1)
+        # off-chen may command only as off-chen.
+        await chen.publish("emon/v1/commands/off-li", b"forged", qos=1)
+        await chen.publish("emon/v1/commands/off-chen", b"own", qos=1)
+        assert await receive_until(daemon_account, b"own") == [
+            ("emon/v1/commands/off-chen", b"own")
+        ]
+        got: dict[str, set[str]] = {}
+        for name, officer in (("off-li", li), ("off-chen", chen), ("sup-wang", wang)):
+            await officer.publish(f"emon/v1/commands/{name}", b"{}", qos=1)  # a round trip
+            got[name] = set()
+            while len(officer.messages):
+                message = await anext(aiter(officer.messages))
+                got[name].add(message.topic.value)
+    assert got == {
+        "off-li": {"emon/v1/alerts/s001", "emon/v1/alerts/s002",
+                   "emon/v1/commands/off-li/reply"},
+        "off-chen": {"emon/v1/alerts/s003", "emon/v1/officers/off-chen/notifications"},
+        "sup-wang": {"emon/v1/alerts/s001", "emon/v1/alerts/s002", "emon/v1/alerts/s003"},
+    }
 
 
 # ---------------------------------------------------------------------- roster changes
@@ -393,7 +434,7 @@ async def test_daemon_over_tls_refuses_strangers_and_hostile_input(
     async with (
         running_daemon(loaded) as daemon,
         login(broker, broker_files, pki, "alerts-reader") as alerts,
-        login(broker, broker_files, pki, "deadletter-reader") as deadletters,
+        login(broker, broker_files, pki, "operator") as deadletters,
         login(broker, broker_files, pki, STRANGER) as stranger,
         login(broker, broker_files, pki, "tag-s002") as compromised,
         login(broker, broker_files, pki, "tag-s001") as honest,

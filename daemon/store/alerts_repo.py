@@ -54,14 +54,14 @@ _UPSERT_ALERT: Final = (
 _INSERT_HISTORY: Final = (
     "INSERT INTO alert_history (alert_id, at, kind, actor, note, payload)"
     " VALUES (%(alert_id)s, %(at)s, %(kind)s, %(actor)s, %(note)s, %(payload)s)"
-    " ON CONFLICT (alert_id, kind, at) DO NOTHING"
+    " ON CONFLICT (alert_id, kind, at, ref) DO NOTHING"
 )
 # uuid columns are returned as text: the pure core uses text ids everywhere.
 _SELECT_ALERTS: Final = "SELECT alert_id::text AS alert_id, " + ", ".join(
     c for c in _ALERT_COLUMNS if c != "alert_id"
 )
 _SELECT_HISTORY: Final = (
-    "SELECT id, alert_id::text AS alert_id, at, kind, actor, note, payload"
+    "SELECT id, alert_id::text AS alert_id, at, kind, actor, note, ref, payload"
     " FROM alert_history WHERE alert_id = %s ORDER BY at, id"
 )
 

@@ -156,7 +156,7 @@ _CONFLICT_ERRORS: Final = (
 
 _PING_TYPES: Final = [
     "text", "text", "timestamptz", "timestamptz", "float8", "float8", "float4", "text",
-    "float4", "jsonb",
+    "float4", "jsonb", "text",
 ]  # fmt: skip
 
 
@@ -202,26 +202,30 @@ class _Table:
         )
 
 
+# config_version: the config the core evaluated the row against (migration 0004).
 _TABLES: Final = (
     _Table(
         name="pings",
-        columns="device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra",
+        columns=(
+            "device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra,"
+            " config_version"
+        ),
         types=_PING_TYPES,
         key="device_id, ts",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", ts timestamptz,'
             " received_at timestamptz, lat float8, lon float8, acc_m float4, src text,"
-            " battery_pct float4, extra jsonb"
+            " battery_pct float4, extra jsonb, config_version text"
         ),
     ),
     _Table(
         name="device_events",
-        columns="device_id, subject_id, ts, received_at, type, attributes",
-        types=["text", "text", "timestamptz", "timestamptz", "text", "jsonb"],
+        columns="device_id, subject_id, ts, received_at, type, attributes, config_version",
+        types=["text", "text", "timestamptz", "timestamptz", "text", "jsonb", "text"],
         key="device_id, ts, type",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", ts timestamptz,'
-            " received_at timestamptz, type text, attributes jsonb"
+            " received_at timestamptz, type text, attributes jsonb, config_version text"
         ),
     ),
 )
@@ -264,7 +268,9 @@ def _naive(obs: LocationFix | DeviceEvent) -> InvalidRowError:
     )
 
 
-def encode(obs: LocationFix | DeviceEvent, subject_id: str) -> tuple[int, tuple[Any, ...]]:
+def encode(
+    obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+) -> tuple[int, tuple[Any, ...]]:
     """(table index, column values) for one observation; InvalidRowError if unstorable.
 
     On the hot path (every ping): values are atoms only (str, float, datetime,
@@ -277,12 +283,13 @@ def encode(obs: LocationFix | DeviceEvent, subject_id: str) -> tuple[int, tuple[
         extra = _dump_json(obs.extra, "extra") if obs.extra else None
         return _PINGS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.lat, obs.lon,
-            obs.accuracy_m, obs.source._value_, obs.battery_pct, extra,
+            obs.accuracy_m, obs.source._value_, obs.battery_pct, extra, config_version,
         )  # fmt: skip
     if isinstance(obs, DeviceEvent):
         attributes = _dump_json(obs.attributes, "attributes")
         return _EVENTS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.type._value_, attributes,
+            config_version,
         )  # fmt: skip
     raise InvalidRowError(f"cannot store a {type(obs).__name__}")
 
@@ -436,9 +443,11 @@ class PingWriter:
         """Rows accepted but not yet written (buffer plus the batches being written)."""
         return len(self._rows) + sum(map(len, self._in_flight.values()))
 
-    async def put(self, obs: LocationFix | DeviceEvent, subject_id: str) -> None:
+    async def put(
+        self, obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+    ) -> None:
         """Buffer one observation, waiting for room if the buffer is full."""
-        table, values = encode(obs, subject_id)
+        table, values = encode(obs, subject_id, config_version)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
         if len(self._rows) >= self._capacity:
@@ -453,9 +462,11 @@ class PingWriter:
             if not self._accepting:
                 raise StoreClosedError("ping writer stopped while put was waiting")
 
-    def try_put(self, obs: LocationFix | DeviceEvent, subject_id: str) -> bool:
+    def try_put(
+        self, obs: LocationFix | DeviceEvent, subject_id: str, config_version: str | None = None
+    ) -> bool:
         """Buffer one observation if there is room; False (and counted) if full."""
-        table, values = encode(obs, subject_id)
+        table, values = encode(obs, subject_id, config_version)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
         if len(self._rows) >= self._capacity:
