@@ -772,6 +772,22 @@ def _sweep_stand_ins(keep: Path) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def _discard_tree(path: Path) -> None:
+    """Remove a stale stand-in that another process's sweep may be removing right now.
+
+    Parallel test runs (one per checkout) sweep each other's orphaned stand-ins: a plain
+    rmtree here then failed with FileNotFoundError halfway. Renaming first is atomic (one
+    of the two wins, the other sees it gone), and the new stand-in made at the old path
+    is never touched by a removal that started on the old one.
+    """
+    trash = path.with_name(f".discarded-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return  # someone else took it
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def _conf_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -1094,12 +1110,14 @@ class PostgresProcess(_LocalService):
             if home.exists():  # made for a deleted run directory of the same name
                 if self.running:
                     self.kill()
-                shutil.rmtree(home)
+                _discard_tree(home)
             home.mkdir()
-            (home / _STAND_IN_OWNER_FILE).write_text(f"{self._run_dir}\n", encoding="utf-8")
             link = self._run_dir / STAND_IN_LINK_NAME
             link.unlink(missing_ok=True)
             link.symlink_to(home, target_is_directory=True)
+            # The owner file last: until it exists, other processes' sweeps leave the
+            # stand-in alone ("being set up"); with it, the link above already ties it.
+            (home / _STAND_IN_OWNER_FILE).write_text(f"{self._run_dir}\n", encoding="utf-8")
         self.socket_dir.mkdir(exist_ok=True)
         if not self._as_root():
             return
