@@ -24,7 +24,17 @@ class RuleId(StrEnum):
     EXCLUSION_ENTRY = "exclusion_entry"  # entered an exclusion zone (prohibition order)
     CURFEW_AWAY = "curfew_away"  # 夜间活动: away from home during curfew
     STRAP_OPEN = "strap_open"  # tamper: strap opened
-    GNSS_LOST = "gnss_lost"  # no GNSS fix for a while (the rule itself: issue 4)
+    # Issue 4 (docs/rules.md gives each rule's meaning, tier and thresholds).
+    INCLUSION_AWAY = "inclusion_away"  # away from a scheduled place (workplace in work hours)
+    EXCLUSION_APPROACH = "exclusion_approach"  # lingering in the warning band of an exclusion
+    EXCLUSION_CROSSED = "exclusion_crossed"  # passed through an exclusion zone between fixes
+    LEAVE_AREA_EXIT = "leave_area_exit"  # outside the approved destination/route during leave
+    DEVICE_SILENT = "device_silent"  # 脱管: nothing received from the device for N minutes
+    GNSS_LOST = "gnss_lost"  # the device talks but has had no usable GNSS fix for M minutes
+    CASE_OPEN = "case_open"  # tamper: device case opened
+    POWER_OFF = "power_off"  # the device reported being switched off
+    BATTERY_LOW = "battery_low"  # battery at or below the low threshold
+    BATTERY_CRITICAL = "battery_critical"  # battery at or below the critical threshold
 
 
 DEFAULT_TIERS: dict[RuleId, Tier] = {
@@ -32,6 +42,16 @@ DEFAULT_TIERS: dict[RuleId, Tier] = {
     RuleId.EXCLUSION_ENTRY: Tier.CRITICAL,
     RuleId.BOUNDARY_EXIT: Tier.HIGH,
     RuleId.CURFEW_AWAY: Tier.HIGH,
+    RuleId.CASE_OPEN: Tier.CRITICAL,
+    RuleId.EXCLUSION_CROSSED: Tier.HIGH,
+    RuleId.LEAVE_AREA_EXIT: Tier.HIGH,
+    RuleId.DEVICE_SILENT: Tier.HIGH,
+    RuleId.POWER_OFF: Tier.HIGH,
+    RuleId.BATTERY_CRITICAL: Tier.HIGH,
+    RuleId.INCLUSION_AWAY: Tier.LOW,
+    RuleId.EXCLUSION_APPROACH: Tier.LOW,
+    RuleId.GNSS_LOST: Tier.LOW,
+    RuleId.BATTERY_LOW: Tier.LOW,
 }
 
 

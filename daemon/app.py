@@ -38,14 +38,17 @@ from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
-from daemon.pipeline import Pipeline
+from daemon.pipeline import Outcome, Pipeline
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
+from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
 from daemon.store.config_repo import ConfigVersionRepository
 from daemon.store.errors import StoreError
-from daemon.store.migrations import migrate
-from daemon.store.pool import open_pool
+from daemon.store.migrations import StoreInfo, migrate
+from daemon.store.pool import Pool, open_pool
+from daemon.store.settings import AckPolicy
 from daemon.store.writer import PingWriter
+from daemon.ticks import grid_ceil, grid_floor
 from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
@@ -54,6 +57,7 @@ from daemon.wire import (
     deadletter_payload,
     device_id_of_topic,
 )
+from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -65,6 +69,9 @@ STAGE_INGEST_TIMEOUT_SECONDS = 5.0
 STAGE_ALERTS_TIMEOUT_SECONDS = 10.0
 STAGE_NOTIFY_TIMEOUT_SECONDS = 10.0
 ALERT_RECORD_RETRY_MAX_SECONDS = 10.0
+# Messages handled but not yet acknowledged (waiting for their rows to be durable); more
+# than the broker's window of unacknowledged messages, so it only fills if acks stall.
+ACK_QUEUE_SIZE = 10_000
 
 
 class DaemonError(Exception):
@@ -160,6 +167,10 @@ class Daemon:
         self._reader_done = asyncio.Event()
         self._pending_publish: OutboundMessage | None = None
         self._writer: PingWriter | None = None
+        self._pool: Pool | None = None
+        self._store_info: StoreInfo | None = None
+        self._policies_set = False
+        self._ack_durable = self._settings.store.ack is AckPolicy.DURABLE
         self._mqtt_connected = False
         self._mqtt_tls: ssl.SSLContext | None = None
         self._exported_engine_stats: Counter[str] = Counter()
@@ -221,14 +232,21 @@ class Daemon:
         metrics.CONFIG_INFO.labels(self._pipeline.config.version).set(1)
         async with contextlib.AsyncExitStack() as stack:
             pool = await stack.enter_async_context(open_pool(dsn))
+            self._pool, self._store_info = pool, info
             repo = AlertRepository(pool)
             self._config_repo = ConfigVersionRepository(pool)
             await self._restore_alerts(repo)
-            self._writer = await stack.enter_async_context(PingWriter(pool))
+            # Entered before the writer, so closed after it: the writer keeps in the
+            # journal whatever the database cannot take at shutdown.
+            journal = await stack.enter_async_context(open_journal(self._settings, pool))
+            self._writer = await stack.enter_async_context(
+                PingWriter(pool, journal=journal, **writer_options(self._settings))
+            )
             alerting = await stack.enter_async_context(
                 AlertingService(
                     self._loaded, self._pipeline, pool,
                     self._publish_recorded, self._publish_and_wait,
+                    leave=ConfigLeaveCalendar(lambda: self._pipeline.config),
                 )
             )
             self._alerting = alerting
@@ -246,9 +264,19 @@ class Daemon:
             )
             self.http_port = http.bound_port
             scheduler = AsyncIOScheduler(timezone="UTC")
+            tick_s = self._settings.tick_interval_seconds
             scheduler.add_job(
-                self._tick_job, "interval", seconds=self._settings.tick_interval_seconds,
-                id="emon-tick", max_instances=1, coalesce=True,
+                self._tick_job, "interval", seconds=tick_s, id="emon-tick",
+                max_instances=1, coalesce=True,
+                start_date=grid_ceil(datetime.now(UTC), tick_s),  # the grid replay uses
+            )
+            # First run at once (in the background: ingest does not wait for rollups);
+            # today's partitions already exist from the migration.
+            scheduler.add_job(
+                self._maintenance_job, "interval",
+                minutes=self._settings.store.maintenance_interval_minutes,
+                id="emon-store-maintenance", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC),
             )
             alerting.schedule(scheduler)
             scheduler.start()
@@ -346,12 +374,18 @@ class Daemon:
                         for topic in (*DEVICE_SUBSCRIPTIONS, COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
                         self.ready.set()
+                    # Acknowledgements of this connection only: after a reconnect the
+                    # broker redelivers what was not acknowledged.
+                    acks: asyncio.Queue[tuple[int, int, int]] = asyncio.Queue(ACK_QUEUE_SIZE)
                     async with asyncio.TaskGroup() as tasks:
+                        acker = tasks.create_task(self._acker(client, acks), name="emon-mqtt-acker")
                         if not self._stopping:
                             self._reader_task = tasks.create_task(
-                                self._read(client), name="emon-mqtt-reader"
+                                self._read(client, acks), name="emon-mqtt-reader"
                             )
                         await self._publish(client)
+                        await acks.put(_STOP)
+                        await acker
                     return
             except* aiomqtt.MqttError as group:
                 failed = group.exceptions[0] if group.exceptions else None
@@ -369,14 +403,19 @@ class Daemon:
             await asyncio.sleep(_jittered(delay))
             delay = min(delay * 2, mqtt.reconnect_max_seconds)
 
-    async def _read(self, client: aiomqtt.Client) -> None:
+    async def _read(
+        self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, int]]
+    ) -> None:
         try:
             async for message in client.messages:
                 self._reader_busy = True
                 try:
-                    await self._handle(message)
+                    target = await self._handle(message)
                     if message.qos > 0:
-                        client._client.ack(message.mid, message.qos)
+                        if self._ack_durable:
+                            await acks.put((target, message.mid, message.qos))
+                        else:
+                            client._client.ack(message.mid, message.qos)
                 finally:
                     self._reader_busy = False
                 if self._stopping and len(client.messages) == 0:
@@ -388,14 +427,45 @@ class Daemon:
             if self._stopping:
                 self._reader_done.set()
 
-    async def _handle(self, message: aiomqtt.Message) -> None:
+    async def _acker(
+        self, client: aiomqtt.Client, acks: asyncio.Queue[tuple[int, int, int]]
+    ) -> None:
+        """Acknowledge messages in order, each once the rows it carried are durable
+        (committed, or in the journal): a daemon killed at any moment loses nothing."""
+        writer = self._writer
+        assert writer is not None
+        while True:
+            metrics.QUEUE_DEPTH.labels("acks").set(acks.qsize())
+            item = await acks.get()
+            if item is _STOP:
+                return
+            target, mid, qos = item
+            try:
+                if self._stopping:
+                    # Shutdown: what is not durable in time is redelivered next start.
+                    async with asyncio.timeout(STAGE_INGEST_TIMEOUT_SECONDS):
+                        await writer.wait_durable(target)
+                else:
+                    await writer.wait_durable(target)
+            except (TimeoutError, StoreError) as exc:
+                _LOGGER.warning(
+                    "leaving %d message(s) unacknowledged for redelivery: %s",
+                    acks.qsize() + 1, exc or type(exc).__name__,
+                )
+                return
+            client._client.ack(mid, qos)
+
+    async def _handle(self, message: aiomqtt.Message) -> int:
+        """Decide on one message and hand its rows to the writer; returns the writer's
+        durability target for the message (everything put so far)."""
         received_at = datetime.now(UTC)
         topic = message.topic.value
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
         if self._commands is not None and CommandHandler.is_command(topic):
             self._commands.submit(topic, payload)  # queued: never waits on the database
-            return
+            assert self._writer is not None
+            return self._writer.seq
         with metrics.PROCESS_SECONDS.time():
             outcome = self._pipeline.handle(topic, payload, received_at)
         if outcome.rejection is not None:
@@ -409,19 +479,32 @@ class Daemon:
                     json.dumps(body, ensure_ascii=False).encode(), qos=0,
                 )
             )
-            return
+            assert self._writer is not None
+            return self._writer.seq
         if outcome.ignored is not None:
             metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
-            return
+            assert self._writer is not None
+            return self._writer.seq
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
         metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        await self._writer.put(observation, outcome.subject_id, outcome.config_version)
+        target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
+        target = await self._store_zone_transitions(outcome) or target
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
+        return target
+
+    async def _store_zone_transitions(self, outcome: Outcome) -> int | None:
+        assert self._writer is not None
+        target: int | None = None
+        for transition in outcome.zone_transitions:
+            target = await self._writer.put(
+                transition, transition.subject_id, outcome.config_version or None
+            )
+        return target
 
     def _enqueue_nowait(self, message: OutboundMessage) -> None:
         try:
@@ -553,6 +636,26 @@ class Daemon:
                     await asyncio.sleep(_jittered(delay))
                     delay = min(delay * 2, ALERT_RECORD_RETRY_MAX_SECONDS)
 
+    async def _maintenance_job(self) -> None:
+        """Partitions ahead, retention, rollups (daemon/store/maintenance.py); the first
+        run also sets the TimescaleDB policies from the settings."""
+        if self._pool is None or self._store_info is None:
+            return
+        try:
+            # Retention and rollup settings apply at once after a reload (the journal
+            # and buffer settings of `store` need a restart).
+            report = await maintain(
+                self._pool, self._loaded.settings, self._pipeline.config,
+                timescale=self._store_info.timescale, now=datetime.now(UTC),
+                set_policies=not self._policies_set,
+            )
+            self._policies_set = self._policies_set or (
+                not report.skipped and "policies" not in report.failed_steps
+            )
+        except Exception:
+            # A failed run is retried at the next interval; ingest is not affected.
+            _LOGGER.exception("store maintenance failed")
+
     # ------------------------------------------------------------------ config reload
 
     def _apply_config(self, new: LoadedConfig) -> list[str]:
@@ -571,7 +674,7 @@ class Daemon:
         # endpoints, contacts and the sweep are built once by the AlertingService. The
         # escalation ladders, inhibitions and leave mutes are in the core: they apply now.
         restart = [
-            name for name in ("mqtt", "database", "http")
+            name for name in ("mqtt", "database", "http", "store")
             if getattr(self._settings, name) != getattr(new.settings, name)
         ]
         restart += [
@@ -597,7 +700,11 @@ class Daemon:
 
     async def _tick_job(self) -> None:
         try:
-            transitions = self._pipeline.tick(datetime.now(UTC))
+            # Judged at the grid point this tick belongs to (daemon.ticks), as in replay.
+            now = grid_floor(datetime.now(UTC), self._settings.tick_interval_seconds)
+            outcome = self._pipeline.tick_outcome(now)
+            await self._store_zone_transitions(outcome)
+            transitions = outcome.transitions
             if transitions:
                 await self._dispatch(transitions)
             self._export_engine_stats()

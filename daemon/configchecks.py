@@ -50,6 +50,7 @@ from daemon.configfiles import (
     SubjectsFile,
     _RawZone,
 )
+from daemon.rulesettings import LeavesFile
 from geofence.datum import Datum
 from geofence.zones import LocalProjection, ZoneKind
 
@@ -326,6 +327,8 @@ def inclusion_refs(subject: SubjectModel) -> list[tuple[str, str]]:
         refs.append(("home_zone", subject.home_zone))
     if subject.permitted_zone is not None:
         refs.append(("permitted_zone", subject.permitted_zone))
+    for index, inclusion in enumerate(subject.inclusion_zones):
+        refs.append((f"inclusion_zones.{index}.zone", inclusion.zone))
     return refs
 
 
@@ -515,6 +518,7 @@ def check_cross_file(
     schedules: SchedulesFile,
     zones: Mapping[str, _RawZone],
     problems: list[ConfigProblem],
+    leaves: LeavesFile | None = None,
 ) -> None:
     """Checks that need more than one file (zones by id, their geometry in WGS-84)."""
     if not isinstance(problems, ProblemList):
@@ -529,6 +533,8 @@ def check_cross_file(
     used = _strings_in(subjects.model_dump(mode="json")) | _strings_in(
         settings.model_dump(mode="json")
     )
+    if leaves is not None:  # a destination zone used only by approved leave is used
+        used |= _strings_in(leaves.model_dump(mode="json"))
     for zone_id in sorted(geometries.keys() - used):
         raw = zones[zone_id]
         problems.warn(raw.file, f"features.{raw.index}.properties.id", zone_id,

@@ -4,6 +4,7 @@ Layout of a config directory (config/README.md documents it for operators):
     settings.yaml     broker, database, HTTP, region, rule parameters (optional file)
     subjects.yaml     officers and subjects (devices, time zone, zones, curfew)
     schedules.yaml    named weekly schedules with exception dates
+    leaves.yaml       approved leave (请假): subject, period, destination, route (optional file)
     zones/*.geojson   FeatureCollections with a declared "datum" (WGS-84, GCJ-02, BD-09)
 
 Every problem is reported as one `ConfigProblem` (file, line, key, value, reason); loading
@@ -19,7 +20,7 @@ import json
 import os
 import re
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, time
 from enum import StrEnum
@@ -42,22 +43,30 @@ from pydantic import (
 from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
-from alerts.model import RuleId, Tier
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.configparse import ConfigParseError, load_json
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
+from daemon.rulesettings import (
+    SECONDS_PER_MINUTE,
+    DeviceThresholdSettings,
+    LeavesFile,
+    RuleSettings,
+    check_leaves,
+    compile_leaves,
+    compile_rule_params,
+    compile_thresholds,
+    kind_thresholds,
+)
+from daemon.rulesettings import Identifier as Identifier
+from daemon.rulesettings import Strict as _Strict
+from daemon.store.settings import RetentionSettings, StoreSettings
 from geofence.config import (
-    DEFAULT_DWELL_FIXES,
-    DEFAULT_DWELL_SECONDS,
-    DEFAULT_MARGIN_M,
-    DEFAULT_MAX_ACCURACY_M,
-    DEFAULT_MAX_SPEED_MPS,
     CoreConfig,
     DeviceSpec,
+    DeviceThresholds,
     ExclusionAssignment,
-    RuleParams,
+    InclusionAssignment,
     SubjectSpec,
-    ZoneRuleParams,
 )
 from geofence.datum import Datum, convert_geometries_to_wgs84
 from geofence.observation import DeviceKind
@@ -67,6 +76,7 @@ from geofence.zones import LocalProjection, Zone, ZoneKind
 SETTINGS_FILE = "settings.yaml"
 SUBJECTS_FILE = "subjects.yaml"
 SCHEDULES_FILE = "schedules.yaml"
+LEAVES_FILE = "leaves.yaml"
 ZONES_DIR = "zones"
 
 ENV_MQTT_HOST = "EMON_MQTT_HOST"
@@ -75,13 +85,6 @@ ENV_DATABASE_URL = "EMON_DATABASE_URL"
 # A file holding the database URL (a Docker or Kubernetes secret); EMON_DATABASE_URL wins.
 ENV_DATABASE_URL_FILE = "EMON_DATABASE_URL_FILE"
 ENV_HTTP_PORT = "EMON_HTTP_PORT"
-
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
 
 # ---------------------------------------------------------------------- settings.yaml
 
@@ -149,23 +152,6 @@ class RegionSettings(_Strict):
         return v
 
 
-class ZoneRuleSettings(_Strict):
-    margin_m: float = Field(DEFAULT_MARGIN_M, ge=0, le=1000, title="Noise margin at edges")
-    dwell_fixes: int = Field(DEFAULT_DWELL_FIXES, ge=1, le=20, title="Fixes to confirm")
-    dwell_seconds: float = Field(DEFAULT_DWELL_SECONDS, ge=0, le=3600, title="Time to confirm")
-    max_accuracy_m: float = Field(
-        DEFAULT_MAX_ACCURACY_M, gt=0, le=5000, title="Least precise fix that can place inside"
-    )
-
-
-class RuleSettings(_Strict):
-    zone: ZoneRuleSettings = ZoneRuleSettings()
-    max_speed_mps: float = Field(
-        DEFAULT_MAX_SPEED_MPS, gt=0, le=400, title="Faster jumps are outliers"
-    )
-    tiers: dict[RuleId, Tier] = Field(default_factory=dict, title="Tier overrides per rule")
-
-
 class ReloadSettings(_Strict):
     poll_interval_seconds: float = Field(
         5.0, ge=0.0, le=3600.0,
@@ -187,6 +173,12 @@ class Settings(_Strict):
         15.0, ge=1.0, le=300.0, title="How often time-driven rules are re-evaluated"
     )
     reload: ReloadSettings = Field(ReloadSettings(), title="Hot reload of this directory")
+    store: StoreSettings = Field(
+        StoreSettings(), title="Ping store: memory buffer, journal, partitions, rollups"
+    )
+    retention: RetentionSettings = Field(
+        RetentionSettings(), title="How long each kind of data is kept (days)"
+    )
 
 
 # ---------------------------------------------------------------------- subjects.yaml
@@ -213,6 +205,17 @@ class DeviceModel(_Strict):
 class ExclusionRef(_Strict):
     zone: Identifier
     schedule: Identifier | None = Field(None, title="Schedule id; absent: always in force")
+    approach_m: float = Field(
+        0.0, ge=0.0, le=2000.0, title="Warning band outside the zone, metres (0: none)"
+    )
+
+
+class InclusionRef(_Strict):
+    zone: Identifier = Field(title="Inclusion zone id")
+    schedule: Identifier = Field(title="Schedule id: the subject must be there while it is active")
+    grace_minutes: float = Field(
+        0.0, ge=0.0, le=720.0, title="Minutes after each window start before the rule applies"
+    )
 
 
 class SubjectModel(_Strict):
@@ -224,6 +227,12 @@ class SubjectModel(_Strict):
     permitted_zone: Identifier | None = Field(None, title="Area they may not leave (越界)")
     exclusion_zones: list[ExclusionRef] = Field(default_factory=list)
     curfew: Identifier | None = Field(None, title="Schedule id: at home while it is active")
+    inclusion_zones: list[InclusionRef] = Field(
+        default_factory=list, title="Places the subject must be at on a schedule (work)"
+    )
+    device_thresholds: dict[DeviceKind, DeviceThresholdSettings] = Field(
+        default_factory=dict, title="Per device kind, thresholds replacing settings.yaml's"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -397,6 +406,7 @@ class LoadedConfig:
     core: CoreConfig
     policies: PoliciesFile = field(default_factory=PoliciesFile)
     warnings: tuple[ConfigProblem, ...] = ()
+    leaves: LeavesFile = field(default_factory=LeavesFile)
 
     @property
     def officers(self) -> Mapping[str, OfficerModel]:
@@ -608,6 +618,45 @@ def _fingerprint(directory: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def _check_subject_rules(
+    where: str,
+    subject: SubjectModel,
+    zone_ref: Callable[[str, str | None, ZoneKind], None],
+    schedule_ref: Callable[[str, str | None], None],
+    kinds: Mapping[DeviceKind, DeviceThresholds],
+) -> list[ConfigProblem]:
+    """Scheduled inclusions, one role per zone, and thresholds that stay ordered once a
+    subject's overrides are merged over the kind's."""
+    problems: list[ConfigProblem] = []
+    roles: dict[str, str] = {}
+    for key, zone_id in (("home_zone", subject.home_zone),
+                         ("permitted_zone", subject.permitted_zone)):
+        if zone_id is not None:
+            roles.setdefault(zone_id, key)
+    for i_index, ref in enumerate(subject.inclusion_zones):
+        key = f"{where}.inclusion_zones.{i_index}"
+        zone_ref(f"{key}.zone", ref.zone, ZoneKind.INCLUSION)
+        schedule_ref(f"{key}.schedule", ref.schedule)
+        first = roles.setdefault(ref.zone, f"inclusion_zones.{i_index}")
+        if first != f"inclusion_zones.{i_index}":
+            problems.append(
+                ConfigProblem(
+                    SUBJECTS_FILE, f"{key}.zone", ref.zone, f"zone already used as {first}"
+                )
+            )
+    for kind, given in subject.device_thresholds.items():
+        merged = compile_thresholds(kinds[kind], given)
+        low, critical = merged.battery_low_pct, merged.battery_critical_pct
+        if low is not None and critical is not None and critical >= low:
+            problems.append(
+                ConfigProblem(
+                    SUBJECTS_FILE, f"{where}.device_thresholds.{kind.value}", "",
+                    f"battery_critical_pct {critical:g} must be below battery_low_pct {low:g}",
+                )
+            )
+    return problems
+
+
 def load_config(directory: Path, env: Mapping[str, str] | None = None) -> LoadedConfig:
     """Load and validate a whole config directory, or raise `ConfigError` with every problem."""
     from daemon import configchecks
@@ -619,10 +668,17 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
     subjects = _parse(SubjectsFile, directory / SUBJECTS_FILE, problems, required=True)
     schedules = _parse(SchedulesFile, directory / SCHEDULES_FILE, problems, required=False)
     policies = _parse(PoliciesFile, directory / POLICIES_FILE, problems, required=False)
+    leaves = _parse(LeavesFile, directory / LEAVES_FILE, problems, required=False)
     raw_zones = _load_zones(directory, problems)
     if schedules is not None:
         configchecks.check_schedules(schedules, problems)
-    if settings is None or subjects is None or schedules is None or policies is None:
+    if (
+        settings is None
+        or subjects is None
+        or schedules is None
+        or policies is None
+        or leaves is None
+    ):
         raise ConfigError(problems)
     environment = os.environ if env is None else env
     officer_roles = {o.id: (o.role.value, o.supervisor) for o in subjects.officers}
@@ -676,6 +732,7 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
     }
     seen_devices: dict[str, str] = {}
     seen_subjects: set[str] = set()
+    kinds = kind_thresholds(settings.rules)
 
     def zone_ref(where: str, zone_id: str | None, kind: ZoneKind) -> None:
         if zone_id is None:
@@ -740,8 +797,25 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
                     SUBJECTS_FILE, f"{where}.curfew", subject.curfew, "a curfew needs a home_zone"
                 )
             )
+        problems.extend(_check_subject_rules(where, subject, zone_ref, schedule_ref, kinds))
 
-    configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems)
+    region = settings.region
+
+    def in_region(lon: float, lat: float) -> bool:
+        if region is None:
+            return True
+        lon_min, lat_min, lon_max, lat_max = region.bbox
+        return lon_min <= lon <= lon_max and lat_min <= lat <= lat_max
+
+    zone_kinds = {zid: raw.properties.kind for zid, raw in zones_by_id.items()}
+    problems.extend(
+        ConfigProblem(LEAVES_FILE, key, value, reason)
+        for key, value, reason in check_leaves(
+            leaves, seen_subjects, set(officers), zone_kinds, in_region
+        )
+    )
+
+    configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems, leaves)
     if problems:
         raise ConfigError(problems)
 
@@ -752,6 +826,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         )
         for zid, raw in zones_by_id.items()
     }
+    leave_specs = compile_leaves(
+        leaves, zones, {s.id: s.permitted_zone for s in subjects.subjects}, projection
+    )
     subject_specs = {
         s.id: SubjectSpec(
             subject_id=s.id,
@@ -761,32 +838,35 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
             home_zone_id=s.home_zone,
             permitted_zone_id=s.permitted_zone,
             exclusions=tuple(
-                ExclusionAssignment(e.zone, compiled_schedules[e.schedule] if e.schedule else None)
+                ExclusionAssignment(
+                    e.zone, compiled_schedules[e.schedule] if e.schedule else None, e.approach_m
+                )
                 for e in s.exclusion_zones
             ),
             curfew=compiled_schedules[s.curfew] if s.curfew else None,
+            inclusions=tuple(
+                InclusionAssignment(
+                    i.zone, compiled_schedules[i.schedule], i.grace_minutes * SECONDS_PER_MINUTE
+                )
+                for i in s.inclusion_zones
+            ),
+            leaves=leave_specs.get(s.id, ()),
+            device_thresholds={
+                kind: compile_thresholds(kinds[kind], given)
+                for kind, given in s.device_thresholds.items()
+            },
         )
         for s in subjects.subjects
     }
-    rules = settings.rules
     core = CoreConfig(
         version=_fingerprint(directory),
         projection=projection,
         zones=zones,
         subjects=subject_specs,
-        rules=RuleParams(
-            zone=ZoneRuleParams(
-                margin_m=rules.zone.margin_m,
-                dwell_fixes=rules.zone.dwell_fixes,
-                dwell_seconds=rules.zone.dwell_seconds,
-                max_accuracy_m=rules.zone.max_accuracy_m,
-            ),
-            max_speed_mps=rules.max_speed_mps,
-            tiers={**RuleParams().tiers, **rules.tiers},
-        ),
+        rules=compile_rule_params(settings.rules),
         alerting=compile_alerting(policies, officer_roles),
     )
     return LoadedConfig(
         directory, settings, subjects, schedules, core, policies,
-        tuple(problems.located_warnings()),
+        tuple(problems.located_warnings()), leaves,
     )

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from daemon.configfiles import SchedulesFile, Settings, SubjectsFile, ZoneFile
 from daemon.policyfile import PoliciesFile
+from daemon.rulesettings import LeavesFile
 
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -28,6 +29,7 @@ SCHEMA_MODELS: Mapping[str, tuple[type[BaseModel], str]] = {
     "subjects.schema.json": (SubjectsFile, "emon subjects.yaml"),
     "schedules.schema.json": (SchedulesFile, "emon schedules.yaml"),
     "policies.schema.json": (PoliciesFile, "emon policies.yaml (alert lifecycle)"),
+    "leaves.schema.json": (LeavesFile, "emon leaves.yaml (approved leave)"),
     "zones.schema.json": (ZoneFile, "emon zones/*.geojson (GeoJSON with a declared datum)"),
 }
 

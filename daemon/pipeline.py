@@ -12,6 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
+from daemon.transitions import ZoneTransition, presence_changes, rule_changes, snapshot
 from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
 from geofence.engine import Engine
@@ -29,6 +30,8 @@ class Outcome:
     # The config this message was decided against (CoreConfig.version): stored with the
     # row, so every decision names exactly one whole config, also across a hot reload.
     config_version: str = ""
+    # Confirmed zone presence changes and zone-rule findings, as rows for zone_transitions.
+    zone_transitions: list[ZoneTransition] = field(default_factory=list)
 
 
 class Pipeline:
@@ -69,11 +72,30 @@ class Pipeline:
         except WireError as error:
             self.rejections[error.reason] += 1
             return Outcome(rejection=error, config_version=version)
+        state = self.engine.device_state(observation.device_id)
+        before = snapshot(state.memberships if state is not None else None)
         findings = self.engine.observe(observation, received_at)
         transitions = [t for f in findings for t in self.book.apply(f)]
+        state = self.engine.device_state(observation.device_id)
+        subject = self._config.subjects.get(spec.subject_id)
+        zone_transitions = presence_changes(
+            observation.device_id, subject, before,
+            snapshot(state.memberships if state is not None else None), received_at,
+            zone_ids=self._config.zones.keys(), observed_at=observation.ts,
+        ) + rule_changes(findings, self._config.subjects, received_at)
         return Outcome(
-            observation, spec.subject_id, findings, transitions, config_version=version
+            observation, spec.subject_id, findings, transitions, config_version=version,
+            zone_transitions=zone_transitions,
         )
 
     def tick(self, now: datetime) -> list[AlertTransition]:
-        return [t for f in self.engine.tick(now) for t in self.book.apply(f)]
+        return self.tick_outcome(now).transitions
+
+    def tick_outcome(self, now: datetime) -> Outcome:
+        """`tick` with its findings and zone transitions (what the daemon stores)."""
+        findings = self.engine.tick(now)
+        transitions = [t for f in findings for t in self.book.apply(f)]
+        return Outcome(
+            findings=findings, transitions=transitions, config_version=self._config.version,
+            zone_transitions=rule_changes(findings, self._config.subjects, now),
+        )

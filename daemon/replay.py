@@ -26,6 +26,7 @@ from alerts.escalation import Escalator, Mute
 from alerts.model import Alert, AlertTransition
 from alerts.suppression import mute_for
 from daemon.pipeline import Pipeline
+from daemon.ticks import grid_ceil
 from geofence.config import CoreConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -131,7 +132,8 @@ class Replayer:
 
     def _ticks_until(self, now: datetime) -> Iterator[AlertTransition]:
         if self._next_tick is None:
-            self._next_tick = now
+            # On the daemon's grid, so ticks interleave with messages as they did live.
+            self._next_tick = grid_ceil(now, self._tick.total_seconds())
         while self._next_tick <= now:
             yield from self._escalate(self.pipeline.tick(self._next_tick), self._next_tick)
             self._next_tick += self._tick

@@ -1,76 +1,51 @@
 """The rule engine: observations and a clock in, findings out. Pure: no I/O, no clock reads.
 
-State is small and explicit: per device, the last accepted fix and the confirmed presence
-in each zone that matters; per rule instance, whether it is currently violated. Findings are
-emitted only on a change of a rule's state, so a violation that goes on produces one
-`raised` finding, not one per ping.
+`Engine.observe(observation, now)` judges one message (`now` is its arrival time);
+`Engine.tick(now)` wakes the rules that change with time alone (a curfew starting, a
+device falling silent). Findings are emitted only when a rule's condition changes, so a
+violation that goes on produces one `raised` finding, not one per ping.
 
-Every finding's `at` is an event time (a fix's `ts`, a window's start or end), never the
-time a tick happened to run, so the live daemon and `emon replay` decide identically.
+Every finding's `at` is a data time, never the moment a tick happened to run: a fix's or
+event's `ts`, a schedule window's or leave's start or end, or for liveness an arrival time
+plus the configured silence. So the live daemon and `emon replay` decide identically.
+
+The noise discipline lives here (duplicates, late fixes, implausible jumps); the rules live
+in `geofence.zonerules` (zones, schedules, leave, crossing) and `geofence.devicerules`
+(tamper, power, battery, silence, GNSS lost); their state in `geofence.state`.
+
+Time-driven work is a heap of per-device deadlines, so a tick costs what is due, not the
+number of devices. Schedules are judged on the device's own clock: for a device whose data
+arrives within `LIVE_LAG_TOLERANCE` of being taken that is the arrival clock; for one that
+is replaying the past (a backlog, or a recorded day fed to a live daemon) it is the arrival
+clock minus that lag, so a curfew is never judged on data from before it began.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timedelta
 
-from alerts.model import Finding, FindingKind, RuleId
-from geofence.config import CoreConfig, SubjectSpec, ZoneRuleParams
-from geofence.observation import DeviceEvent, DeviceEventType, LocationFix, Observation
-from geofence.schedule import Schedule
-from geofence.zones import Presence, Zone, ZoneKind, exclusion_presence, inclusion_presence
+from alerts.model import Finding
+from geofence.config import CoreConfig
+from geofence.devicerules import DeviceRules
+from geofence.observation import DeviceEvent, LocationFix, Observation
+from geofence.state import DeviceState, EvalContext, Membership, PlacedFix, RuleStates
+from geofence.windows import FAR_FUTURE, next_boundary
+from geofence.zonerules import ZoneRules, insert_late
 
-RuleKey = tuple[str, RuleId, str | None]  # (device_id, rule, zone_id)
+__all__ = ["LIVE_LAG_TOLERANCE", "DeviceState", "Engine", "Membership"]
 
-
-@dataclass(slots=True)
-class Membership:
-    """Confirmed presence of one device in one zone, with the dwell counter for a change."""
-
-    confirmed: Presence = Presence.UNCERTAIN  # UNCERTAIN here means "not known yet"
-    confirmed_since: datetime | None = None
-    pending: Presence | None = None
-    pending_count: int = 0
-    pending_since: datetime | None = None
-
-    def observe(self, presence: Presence, ts: datetime, params: ZoneRuleParams) -> bool:
-        """Feed one fix's presence; return True when the confirmed presence changed."""
-        if presence is Presence.UNCERTAIN:
-            return False  # uncertain fixes neither confirm nor break a pending change
-        if presence is self.confirmed:
-            self.pending, self.pending_count, self.pending_since = None, 0, None
-            return False
-        if presence is not self.pending or self.pending_since is None:
-            self.pending, self.pending_count, self.pending_since = presence, 0, ts
-        self.pending_count += 1
-        dwelt_s = (ts - self.pending_since).total_seconds()
-        if self.pending_count >= params.dwell_fixes or (
-            self.pending_count > 1 and dwelt_s >= params.dwell_seconds
-        ):
-            # The change happened when the first fix of the run was taken.
-            self.confirmed, self.confirmed_since = presence, self.pending_since
-            self.pending, self.pending_count, self.pending_since = None, 0, None
-            return True
-        return False
-
-
-@dataclass(slots=True)
-class DeviceState:
-    last_fix: LocationFix | None = None
-    last_xy: tuple[float, float] | None = None
-    last_seen: datetime | None = None
-    jump_rejections_in_row: int = 0
-    last_rejected: tuple[LocationFix, tuple[float, float]] | None = None
-    memberships: dict[str, Membership] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _RuleInstance:
-    active: bool = False
-    since: datetime | None = None
+# Data that arrives within this long of being taken is live: time-driven rules follow the
+# arrival clock. Uploads every 1-5 minutes (DOMAIN.md §3) are live.
+LIVE_LAG_TOLERANCE = timedelta(minutes=5)
+# A wake-up that would not move forward is pushed this far ahead (guards the tick loop).
+MIN_WAKE_STEP = timedelta(microseconds=1)
+# A backlog of late fixes is judged at the next in-order fix, or after the device has sent
+# nothing for this long (the burst is over).
+LATE_SETTLE = timedelta(minutes=2)
 
 
 class Engine:
@@ -78,295 +53,291 @@ class Engine:
 
     def __init__(self, config: CoreConfig) -> None:
         self._config = config
-        self._devices: dict[str, DeviceState] = {}
-        self._rules: dict[RuleKey, _RuleInstance] = {}
         self.stats: Counter[str] = Counter()
+        self._devices: dict[str, DeviceState] = {}
+        self._rules = RuleStates(self.stats)
+        self._zone_rules = ZoneRules()
+        self._device_rules = DeviceRules()
+        self._wakeups: list[tuple[datetime, str]] = []
 
     @property
     def config(self) -> CoreConfig:
         return self._config
 
     def swap_config(self, config: CoreConfig) -> None:
-        """Adopt a new config between two observations; per-device state is kept."""
+        """Adopt a new config between two observations; per-device state is kept and every
+        device's next wake-up is worked out again under the new schedules."""
         self._config = config
+        self._wakeups = []
+        for device_id, state in self._devices.items():
+            state.next_boundary = None
+            state.scheduled_at = None
+            state.judge_all = True
+            ctx = self._context(device_id, state)
+            if ctx is not None:
+                self._reschedule(ctx, after=None)
 
     def device_state(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
 
+    def _context(self, device_id: str, state: DeviceState) -> EvalContext | None:
+        spec = self._config.devices.get(device_id)
+        if spec is None:
+            return None
+        subject = self._config.subjects[spec.subject_id]
+        return EvalContext(
+            self._config, subject, device_id, spec.kind, state, self._rules, self.stats
+        )
+
     # ------------------------------------------------------------------ observations
 
     def observe(self, observation: Observation, now: datetime) -> list[Finding]:
-        spec = self._config.devices.get(observation.device_id)
-        if spec is None:
+        """Judge one observation that arrived at `now`."""
+        if observation.device_id not in self._config.devices:
             self.stats["unknown_device"] += 1
             return []
-        subject = self._config.subjects[spec.subject_id]
         state = self._devices.setdefault(observation.device_id, DeviceState())
+        ctx = self._context(observation.device_id, state)
+        assert ctx is not None
+        if isinstance(observation, DeviceEvent):
+            self.stats["events"] += 1
+        if self._is_duplicate(state, observation):
+            # A QoS 1 redelivery (possibly by the broker after a restart): stored once by the
+            # shell, judged once here, and no sign of life from the device either.
+            self.stats["fix_duplicate" if isinstance(observation, LocationFix)
+                       else "event_duplicate"] += 1
+            return []
+        findings, was_silent = self._device_rules.on_arrival(ctx, observation, now)
+        findings += self._device_rules.power_implied_on(ctx, observation)
         if state.last_seen is None or observation.ts > state.last_seen:
-            state.last_seen = observation.ts
+            state.last_seen, state.anchor_arrival = observation.ts, now
         if isinstance(observation, LocationFix):
-            return self._observe_fix(subject, state, observation)
-        return self._observe_event(subject, observation)
+            if observation.battery_pct is not None:
+                findings += self._device_rules.on_battery(
+                    ctx, observation.ts, observation.battery_pct, observation, from_event=False
+                )
+            findings += self._observe_fix(ctx, observation, now)
+        else:
+            findings += self._observe_event(ctx, observation)
+        findings += self._device_rules.after_arrival(ctx, observation, now, was_silent)
+        self._reschedule(ctx, after=None)
+        return findings
 
-    def _observe_event(self, subject: SubjectSpec, event: DeviceEvent) -> list[Finding]:
-        self.stats["events"] += 1
-        evidence = {"event": event.to_wire()}
-        if event.type is DeviceEventType.STRAP_OPEN:
-            return self._set(
-                subject, event.device_id, RuleId.STRAP_OPEN, None, True, event.ts, evidence,
-                "Strap opened on device " + event.device_id,
-            )
-        if event.type is DeviceEventType.STRAP_CLOSED:
-            # Closing the strap clears the condition; the alert itself stays open for a
-            # person to resolve (a taped strap looks exactly like this).
-            return self._set(
-                subject, event.device_id, RuleId.STRAP_OPEN, None, False, event.ts, evidence,
-                "Strap closed again on device " + event.device_id,
-            )
-        return []
+    def _observe_event(self, ctx: EvalContext, event: DeviceEvent) -> list[Finding]:
+        ctx.state.recent_events.append((event.ts, event.type))
+        return self._device_rules.on_event(ctx, event)
 
-    def _observe_fix(
-        self, subject: SubjectSpec, state: DeviceState, fix: LocationFix
-    ) -> list[Finding]:
+    @staticmethod
+    def _is_duplicate(state: DeviceState, observation: Observation) -> bool:
+        if isinstance(observation, DeviceEvent):
+            return (observation.ts, observation.type) in state.recent_events
+        newest = state.newest_fix_ts
+        if newest is None or observation.ts > newest:
+            return False  # the common case: newer than any fix seen
+        return observation.ts in state.recent_fix_ts
+
+    def _observe_fix(self, ctx: EvalContext, fix: LocationFix, now: datetime) -> list[Finding]:
+        state = ctx.state
+        state.recent_fix_ts.append(fix.ts)
+        if state.newest_fix_ts is None or fix.ts > state.newest_fix_ts:
+            state.newest_fix_ts = fix.ts
         last = state.last_fix
         if last is not None and fix.ts <= last.ts:
-            # Same timestamp: a QoS 1 redelivery. Older: stored by the shell, but it must not
-            # move the state backwards in time.
-            self.stats["fix_duplicate" if fix.ts == last.ts else "fix_late"] += 1
+            return self._observe_late(ctx, fix, now)
+        placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
+        if last is not None and self._implausible(ctx, placed, last):
             return []
-        xy = self._config.projection.forward(fix.lon, fix.lat)
-        if last is not None and self._implausible(fix, last, xy, state):
-            return []
-        state.last_fix, state.last_xy = fix, xy
+        findings = self._settle_late(ctx, now)
+        previous = state.history[-1] if state.history else None
+        if previous is not None and not self._plausible(previous.fix, previous.xy, placed):
+            previous = None  # followed again after a jump: no straight path from the outlier
+        state.last_fix, state.last_xy = fix, placed.xy
+        state.history.append(placed)
         self.stats["fix_evaluated"] += 1
+        # Has a schedule window or leave opened or closed since the rules were last judged?
+        boundary_passed = state.clock is None or fix.ts >= self._next_boundary(ctx)
+        return findings + self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
 
-        params = self._config.rules.zone
-        distances: dict[str, float] = {}
-        for zone in self._zones_to_test(subject, state, xy, fix.accuracy_m):
-            signed = zone.signed_distance_m(*xy)
-            distances[zone.zone_id] = signed
-            if zone.kind is ZoneKind.INCLUSION:
-                presence = inclusion_presence(signed, fix.accuracy_m, params.margin_m)
-            else:
-                presence = exclusion_presence(
-                    signed, fix.accuracy_m, params.margin_m, params.max_accuracy_m
-                )
-            state.memberships.setdefault(zone.zone_id, Membership()).observe(
-                presence, fix.ts, params
+    def _settle_late(self, ctx: EvalContext, now: datetime) -> list[Finding]:
+        """A new in-order fix: the backlogs before it are complete; report the violations
+        they showed that had not ended within them."""
+        state = ctx.state
+        if not state.late_open:
+            return []
+        findings: list[Finding] = []
+        keys = [p.fix.ts for p in state.history]
+        for gap_start_ts in sorted(state.late_open):
+            index = bisect.bisect_left(keys, gap_start_ts)
+            if index >= len(keys) or keys[index] != gap_start_ts:
+                continue  # fell out of the history
+            gap_end = state.history[index + 1] if index + 1 < len(keys) else None
+            findings += self._zone_rules.on_late_fix(
+                ctx, state.history[index], gap_end, now, final=True
             )
-        # Exclusion zones the index did not return are certainly clear of the whole circle.
-        for zone_id in subject.exclusion_zone_ids & state.memberships.keys() - distances.keys():
-            state.memberships[zone_id].observe(Presence.OUTSIDE, fix.ts, params)
-        return self._evaluate_zone_rules(subject, fix.device_id, state, fix.ts, fix, distances)
+        state.late_open.clear()
+        return findings
 
-    def _implausible(
-        self, fix: LocationFix, last: LocationFix, xy: tuple[float, float], state: DeviceState
-    ) -> bool:
+    def _plausible(self, a: LocationFix, a_xy: tuple[float, float], b: PlacedFix) -> bool:
+        elapsed_s = abs((b.fix.ts - a.ts).total_seconds())
+        distance_m = math.dist(a_xy, b.xy)
+        slack_m = a.accuracy_m + b.fix.accuracy_m
+        return distance_m - slack_m <= self._config.rules.max_speed_mps * elapsed_s
+
+    def _implausible(self, ctx: EvalContext, placed: PlacedFix, last: LocationFix) -> bool:
+        """A jump faster than `max_speed_mps` from the last accepted fix is an outlier,
+        unless `max_consecutive_jump_rejections` rejected fixes in a row agree with each
+        other: then the last accepted fix was the outlier and the device is followed again."""
+        state = ctx.state
         assert state.last_xy is not None
-        if self._plausible(fix, xy, last, state.last_xy):
-            state.jump_rejections_in_row = 0
-            state.last_rejected = None
+        if self._plausible(last, state.last_xy, placed):
+            state.jump_rejections_in_row, state.last_rejected = 0, None
             return False
-        # Several rejected fixes that agree with each other mean the last accepted fix was
-        # the outlier (or the device really moved while silent): accept again. Scattered
-        # outliers never agree, so they stay rejected.
-        previous = state.last_rejected
-        agrees = previous is not None and self._plausible(fix, xy, previous[0], previous[1])
-        state.jump_rejections_in_row = state.jump_rejections_in_row + 1 if agrees else 1
-        state.last_rejected = (fix, xy)
+        prior = state.last_rejected
+        if prior is not None and self._plausible(prior.fix, prior.xy, placed):
+            state.jump_rejections_in_row += 1
+        else:
+            state.jump_rejections_in_row = 1  # scattered outliers never add up
+        state.last_rejected = placed
         if state.jump_rejections_in_row > self._config.rules.max_consecutive_jump_rejections:
             self.stats["fix_jump_accepted_after_rejections"] += 1
-            state.jump_rejections_in_row = 0
-            state.last_rejected = None
+            state.jump_rejections_in_row, state.last_rejected = 0, None
             return False
         self.stats["fix_implausible_jump"] += 1
         return True
 
-    def _plausible(
-        self, fix: LocationFix, xy: tuple[float, float], other: LocationFix,
-        other_xy: tuple[float, float],
-    ) -> bool:
-        elapsed_s = abs((fix.ts - other.ts).total_seconds())
-        distance_m = math.dist(xy, other_xy) - fix.accuracy_m - other.accuracy_m
-        return distance_m <= self._config.rules.max_speed_mps * elapsed_s
-
-    def _zones_to_test(
-        self, subject: SubjectSpec, state: DeviceState, xy: tuple[float, float], accuracy_m: float
-    ) -> list[Zone]:
-        zones = self._config.zones
-        out: list[Zone] = []
-        for zone_id in (subject.permitted_zone_id, subject.home_zone_id):
-            if zone_id is not None:
-                out.append(zones[zone_id])
-        if subject.exclusions:
-            radius_m = accuracy_m + self._config.rules.zone.margin_m
-            own = subject.exclusion_zone_ids
-            out.extend(
-                z for z in self._config.exclusion_index.near(*xy, radius_m) if z.zone_id in own
-            )
-        return out
-
-    # ------------------------------------------------------------------ rules
-
-    def _evaluate_zone_rules(
-        self,
-        subject: SubjectSpec,
-        device_id: str,
-        state: DeviceState,
-        ts: datetime,
-        fix: LocationFix | None,
-        distances: dict[str, float],
-    ) -> list[Finding]:
-        findings: list[Finding] = []
-        evidence: dict[str, Any] = {"ping": fix.to_wire()} if fix is not None else {}
-        accuracy = f" (accuracy {fix.accuracy_m:.0f} m)" if fix is not None else ""
-
-        def distance_text(zone_id: str, outside: bool) -> str:
-            signed = distances.get(zone_id)
-            if signed is None:
-                return ""
-            side = "outside" if outside else "inside"
-            return f": {abs(signed):,.0f} m {side} its edge{accuracy}"
-
-        permitted = subject.permitted_zone_id
-        if permitted is not None:
-            membership = state.memberships.get(permitted)
-            violated = membership is not None and membership.confirmed is Presence.OUTSIDE
-            at = membership.confirmed_since if violated and membership else ts
-            findings += self._set(
-                subject, device_id, RuleId.BOUNDARY_EXIT, permitted, violated, at or ts,
-                evidence, f"Left permitted area {permitted}" + distance_text(permitted, True),
-            )
-
-        home = subject.home_zone_id
-        if home is not None and subject.curfew is not None:
-            findings += self._scheduled(
-                subject, device_id, RuleId.CURFEW_AWAY, home, subject.curfew,
-                state.memberships.get(home), Presence.OUTSIDE, ts, evidence,
-                f"Away from home {home} during curfew" + distance_text(home, True),
-            )
-
-        for assignment in subject.exclusions:
-            membership = state.memberships.get(assignment.zone_id)
-            key = (device_id, RuleId.EXCLUSION_ENTRY, assignment.zone_id)
-            if membership is None and key not in self._rules:
-                continue
-            reason = f"Entered exclusion zone {assignment.zone_id}" + distance_text(
-                assignment.zone_id, False
-            )
-            if assignment.schedule is None:
-                violated = membership is not None and membership.confirmed is Presence.INSIDE
-                at = membership.confirmed_since if violated and membership else ts
-                findings += self._set(
-                    subject, device_id, RuleId.EXCLUSION_ENTRY, assignment.zone_id, violated,
-                    at or ts, evidence, reason,
-                )
-            else:
-                findings += self._scheduled(
-                    subject, device_id, RuleId.EXCLUSION_ENTRY, assignment.zone_id,
-                    assignment.schedule, membership, Presence.INSIDE, ts, evidence, reason,
-                )
-        return findings
-
-    def _scheduled(
-        self,
-        subject: SubjectSpec,
-        device_id: str,
-        rule: RuleId,
-        zone_id: str,
-        schedule: Schedule,
-        membership: Membership | None,
-        violating_presence: Presence,
-        ts: datetime,
-        evidence: dict[str, Any],
-        reason: str,
-    ) -> list[Finding]:
-        """A zone rule in force only while a schedule window is active.
-
-        The violation starts at the later of the window's start and the time the presence
-        was confirmed; it ends at the earlier of the window's end and `ts`. Both are event
-        times, so it does not matter when the tick that notices runs."""
-        instance = self._rules.get((device_id, rule, zone_id))
-        if instance is not None and instance.since is not None and ts < instance.since:
-            # A fix taken before the last decision (uploaded late, after the tick that
-            # opened or closed the window) must not undo it: that would flap the alert.
+    def _observe_late(self, ctx: EvalContext, fix: LocationFix, now: datetime) -> list[Finding]:
+        """A fix older than the newest evaluated one (stored and forwarded, or reordered in
+        transit). It never moves zone state backwards; it is placed in the gap between the
+        evaluated fixes around it and audited for a violation the live stream missed."""
+        state = ctx.state
+        last = state.last_fix
+        assert last is not None
+        history = state.history
+        keys = [p.fix.ts for p in history]
+        index = bisect.bisect_left(keys, fix.ts)
+        self.stats["fix_late"] += 1
+        horizon = timedelta(seconds=self._config.rules.late_horizon_seconds)
+        if index == 0 or last.ts - fix.ts > horizon or index >= len(history):
+            self.stats["fix_late_not_audited"] += 1
             return []
-        window = schedule.active_interval(ts, subject.timezone)
-        in_violation = (
-            window is not None
-            and membership is not None
-            and membership.confirmed is violating_presence
-        )
-        if in_violation and window is not None and membership is not None:
-            started = membership.confirmed_since or ts
-            return self._set(
-                subject, device_id, rule, zone_id, True, max(window[0], started), evidence, reason
-            )
-        at = ts
-        if instance is not None and instance.active and instance.since is not None:
-            raised_window = schedule.active_interval(instance.since, subject.timezone)
-            if raised_window is not None and window != raised_window:
-                at = min(ts, raised_window[1])
-        return self._set(subject, device_id, rule, zone_id, False, at, evidence, reason)
-
-    def _set(
-        self,
-        subject: SubjectSpec,
-        device_id: str,
-        rule: RuleId,
-        zone_id: str | None,
-        violated: bool,
-        at: datetime,
-        evidence: dict[str, Any],
-        reason: str,
-    ) -> list[Finding]:
-        instance = self._rules.setdefault((device_id, rule, zone_id), _RuleInstance())
-        if instance.active is violated:
+        gap_start, gap_end = history[index - 1], history[index]
+        late = state.late.setdefault(gap_start.fix.ts, [])
+        placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
+        neighbours = [gap_start, gap_end, *late]
+        if not any(self._plausible(p.fix, p.xy, placed) for p in neighbours):
+            self.stats["fix_late_implausible"] += 1
             return []
-        at = at.astimezone(UTC)  # window starts carry the subject's zone; ids hash UTC
-        instance.active, instance.since = violated, at
-        kind = FindingKind.RAISED if violated else FindingKind.CLEARED
-        self.stats[f"finding_{rule.value}_{kind.value}"] += 1
-        return [
-            Finding(
-                subject_id=subject.subject_id,
-                device_id=device_id,
-                rule=rule,
-                zone_id=zone_id,
-                tier=self._config.rules.tier(rule),
-                kind=kind,
-                at=at,
-                evidence=evidence,
-                reason=reason,
-            )
-        ]
+        insert_late(late, placed)
+        oldest_kept = last.ts - horizon
+        for key in [k for k in state.late if k < oldest_kept]:
+            del state.late[key]
+        state.audited = {a for a in state.audited if a[1] >= oldest_kept}
+        return self._zone_rules.on_late_fix(ctx, gap_start, gap_end, now)
 
     # ------------------------------------------------------------------ clock
 
     def tick(self, now: datetime) -> list[Finding]:
-        """Re-evaluate time-driven rules (schedule windows opening and closing)."""
+        """Wake the time-driven rules that are due by `now` (silence, GNSS lost, schedule
+        windows and leave opening or closing).
+
+        The due moments of all woken devices are judged in one order, by time and then
+        device id, so the outcome is the same whether they fall due in one tick or in
+        several (a subject's condition is held by whichever device raised it first)."""
+        due: list[EvalContext] = []
+        wakeups = self._wakeups
+        while wakeups and wakeups[0][0] <= now:
+            at, device_id = heapq.heappop(wakeups)
+            state = self._devices.get(device_id)
+            if state is None or state.scheduled_at != at:
+                continue  # superseded by an earlier wake-up
+            state.scheduled_at = None
+            ctx = self._context(device_id, state)
+            if ctx is not None:
+                due.append(ctx)
+        work: list[tuple[datetime, str, int]] = []
+        for index, ctx in enumerate(due):
+            moment = self._next_moment(ctx, now)
+            if moment is not None:
+                heapq.heappush(work, (moment, ctx.device_id, index))
         findings: list[Finding] = []
-        for device_id, state in self._devices.items():
-            spec = self._config.devices.get(device_id)
-            if spec is None or state.last_fix is None:
-                continue
-            subject = self._config.subjects[spec.subject_id]
-            if not (subject.curfew or any(a.schedule for a in subject.exclusions)):
-                continue
-            evidence = {"ping": state.last_fix.to_wire()}
-            if subject.home_zone_id is not None and subject.curfew is not None:
-                findings += self._scheduled(
-                    subject, device_id, RuleId.CURFEW_AWAY, subject.home_zone_id,
-                    subject.curfew, state.memberships.get(subject.home_zone_id),
-                    Presence.OUTSIDE, now, evidence,
-                    f"Away from home {subject.home_zone_id} when curfew began",
-                )
-            for assignment in subject.exclusions:
-                if assignment.schedule is not None:
-                    findings += self._scheduled(
-                        subject, device_id, RuleId.EXCLUSION_ENTRY, assignment.zone_id,
-                        assignment.schedule, state.memberships.get(assignment.zone_id),
-                        Presence.INSIDE, now, evidence,
-                        f"In exclusion zone {assignment.zone_id} when its schedule began",
-                    )
+        while work:
+            moment, _, index = heapq.heappop(work)
+            ctx = due[index]
+            findings += self._device_rules.on_tick(ctx, moment)
+            settle = self._late_settle_at(ctx.state)
+            if settle is not None and settle <= moment:
+                findings += self._settle_late(ctx, moment)
+            if ctx.state.last_fix is not None and self._next_boundary(ctx) <= moment:
+                findings += self._zone_rules.on_time(ctx, self._next_boundary(ctx))
+            following = self._next_moment(ctx, now)
+            if following is not None and following > moment:
+                heapq.heappush(work, (following, ctx.device_id, index))
+        for ctx in due:
+            self._reschedule(ctx, after=now)
         return findings
+
+    def _next_moment(self, ctx: EvalContext, now: datetime) -> datetime | None:
+        """The earliest moment at or before `now` (on the device's own clock for schedules)
+        at which one of this device's time-driven rules is due, if any."""
+        candidates: list[datetime] = []
+        liveness = self._device_rules.deadline(ctx)
+        if liveness is not None and liveness <= now:
+            candidates.append(liveness)
+        settle = self._late_settle_at(ctx.state)
+        if settle is not None and settle <= now:
+            candidates.append(settle)
+        if ctx.state.last_fix is not None and ctx.subject.has_time_rules:
+            boundary = self._next_boundary(ctx)
+            if boundary <= self._device_now(ctx.state, now):
+                candidates.append(boundary)
+        return min(candidates, default=None)
+
+    @staticmethod
+    def _late_settle_at(state: DeviceState) -> datetime | None:
+        if not state.late_open or state.last_arrival is None:
+            return None
+        return state.last_arrival + LATE_SETTLE
+
+    @staticmethod
+    def _lag(state: DeviceState) -> timedelta:
+        """How far behind the arrival clock this device's data runs (0 when live)."""
+        if state.last_seen is None or state.anchor_arrival is None:
+            return timedelta(0)
+        lag = state.anchor_arrival - state.last_seen
+        return lag if lag > LIVE_LAG_TOLERANCE else timedelta(0)
+
+    def _device_now(self, state: DeviceState, now: datetime) -> datetime:
+        return now - self._lag(state)
+
+    def _next_boundary(self, ctx: EvalContext) -> datetime:
+        state = ctx.state
+        if state.clock is None:
+            return FAR_FUTURE
+        if state.next_boundary is None or state.next_boundary <= state.clock:
+            state.next_boundary = next_boundary(
+                ctx.subject, state.clock, self._config.rules.curfew_grace_seconds
+            )
+        return state.next_boundary
+
+    def _reschedule(self, ctx: EvalContext, after: datetime | None) -> None:
+        state = ctx.state
+        candidates: list[datetime] = []
+        liveness = self._device_rules.deadline(ctx)
+        if liveness is not None:
+            candidates.append(liveness)
+        settle = self._late_settle_at(state)
+        if settle is not None:
+            candidates.append(settle)
+        if state.last_fix is not None and ctx.subject.has_time_rules:
+            boundary = self._next_boundary(ctx)
+            if boundary < FAR_FUTURE:
+                candidates.append(boundary + self._lag(state))
+        if not candidates:
+            return
+        due = min(candidates)
+        if after is not None and due <= after:
+            self.stats["wakeup_pushed_forward"] += 1
+            due = after + MIN_WAKE_STEP
+        if state.scheduled_at is None or due < state.scheduled_at:
+            heapq.heappush(self._wakeups, (due, ctx.device_id))
+            state.scheduled_at = due

@@ -18,6 +18,15 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 EARTH_RADIUS_M = 6_371_008.8
+# How far past the cap `Zone.signed_distance_capped_m` reports a point it did not measure.
+BEYOND_CAP_M = 1.0
+# Zones with more vertices than this get shrunk/grown copies SHORTCUT_M inside and outside
+# their edge: fixes with accuracy plus margin under 200 m then never measure the edge.
+SHORTCUT_MIN_VERTICES = 64
+SHORTCUT_M = 200.0
+# Up to this many zones, a linear scan of bounding boxes beats an STRtree query (whose
+# fixed cost is tens of microseconds); above it the tree keeps the cost logarithmic.
+LINEAR_SCAN_MAX_ZONES = 32
 
 
 class ZoneKind(StrEnum):
@@ -60,6 +69,15 @@ class LocalProjection:
     def forward_geometry(self, geom: BaseGeometry) -> BaseGeometry:
         return shapely.transform(geom, self.forward_array)
 
+    def inverse_array(self, coords: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        out = np.empty_like(coords)
+        out[:, 0] = coords[:, 0] / self._kx + self.lon0
+        out[:, 1] = coords[:, 1] / self._ky + self.lat0
+        return out
+
+    def inverse_geometry(self, geom: BaseGeometry) -> BaseGeometry:
+        return shapely.transform(geom, self.inverse_array)
+
     @classmethod
     def centred_on(cls, geoms: Iterable[BaseGeometry]) -> LocalProjection:
         bounds = [g.bounds for g in geoms if not g.is_empty]
@@ -82,6 +100,12 @@ class Zone:
     geometry_wgs84: BaseGeometry
     geometry_m: BaseGeometry = field(compare=False)
     boundary_m: BaseGeometry = field(compare=False)
+    bounds_m: tuple[float, float, float, float] = field(compare=False, default=(0, 0, 0, 0))
+    # For zones with long boundaries (districts): the zone shrunk and grown by SHORTCUT_M,
+    # prepared. A point in the first, or outside the second, is that far from the edge
+    # without measuring the distance to thousands of vertices.
+    inner_m: BaseGeometry | None = field(compare=False, default=None)
+    outer_m: BaseGeometry | None = field(compare=False, default=None)
 
     @classmethod
     def build(
@@ -92,18 +116,97 @@ class Zone:
         geometry_wgs84: BaseGeometry,
         projection: LocalProjection,
     ) -> Zone:
-        projected = projection.forward_geometry(geometry_wgs84)
+        return cls.from_projected(
+            zone_id, name, kind, projection.forward_geometry(geometry_wgs84), projection,
+            geometry_wgs84,
+        )
+
+    @classmethod
+    def from_projected(
+        cls,
+        zone_id: str,
+        name: str,
+        kind: ZoneKind,
+        projected: BaseGeometry,
+        projection: LocalProjection,
+        geometry_wgs84: BaseGeometry | None = None,
+    ) -> Zone:
+        """A zone built in metres (e.g. a route corridor buffered by its width)."""
+        if geometry_wgs84 is None:
+            geometry_wgs84 = projection.inverse_geometry(projected)
         boundary = projected.boundary
         # Prepared geometries make repeated contains/distance tests several times faster.
         shapely.prepare(projected)
         shapely.prepare(boundary)
-        return cls(zone_id, name, kind, geometry_wgs84, projected, boundary)
+        inner = outer = None
+        if shapely.get_num_coordinates(projected) > SHORTCUT_MIN_VERTICES:
+            inner = shapely.buffer(projected, -SHORTCUT_M)
+            outer = shapely.buffer(projected, SHORTCUT_M)
+            shapely.prepare(inner)
+            shapely.prepare(outer)
+        bounds = tuple(float(b) for b in projected.bounds)
+        return cls(
+            zone_id, name, kind, geometry_wgs84, projected, boundary,
+            (bounds[0], bounds[1], bounds[2], bounds[3]), inner, outer,
+        )
 
-    def signed_distance_m(self, x: float, y: float) -> float:
+    def signed_distance_m(self, x: float, y: float, point: BaseGeometry | None = None) -> float:
         """Distance from the point to the zone's edge: negative inside, positive outside."""
-        point = shapely.Point(x, y)
-        edge_distance = float(shapely.distance(self.boundary_m, point))
+        if point is None:
+            point = shapely.Point(x, y)
+        edge_distance = float(self.boundary_m.distance(point))
         return -edge_distance if self.geometry_m.contains(point) else edge_distance
+
+    def signed_distance_capped_m(
+        self, x: float, y: float, cap_m: float, point: BaseGeometry | None = None
+    ) -> float:
+        """`signed_distance_m` when the point is within `cap_m` of the edge; otherwise a value
+        beyond the cap with the right sign (the exact figure cannot change a presence test
+        whose thresholds are all within the cap).
+
+        Cheap answers first: a point whose distance to the bounding box exceeds the cap is
+        outside by more than the cap (plain arithmetic); for a district, the prepared shrunk
+        and grown copies answer for points far from the edge."""
+        min_x, min_y, max_x, max_y = self.bounds_m
+        dx = max(min_x - x, 0.0, x - max_x)
+        dy = max(min_y - y, 0.0, y - max_y)
+        beyond = cap_m + BEYOND_CAP_M
+        if dx * dx + dy * dy > cap_m * cap_m:
+            return beyond
+        if point is None:
+            point = shapely.Point(x, y)
+        inside = bool(self.geometry_m.contains(point))
+        if cap_m < SHORTCUT_M and self.inner_m is not None and self.outer_m is not None:
+            if inside and self.inner_m.contains(point):
+                return -beyond
+            if not inside and not self.outer_m.contains(point):
+                return beyond
+        edge_distance = float(self.boundary_m.distance(point))
+        return -edge_distance if inside else edge_distance
+
+    def chord(self, start: tuple[float, float], end: tuple[float, float]) -> Chord | None:
+        """How the straight segment start->end runs through the zone: None if it misses it."""
+        line = shapely.LineString([start, end])
+        if not self.geometry_m.intersects(line):
+            return None
+        inside = shapely.intersection(self.geometry_m, line)
+        length_m = float(inside.length)
+        total_m = float(line.length)
+        if length_m <= 0.0 or total_m <= 0.0:
+            return None
+        points = shapely.get_coordinates(inside)
+        fractions = [float(line.project(shapely.Point(p))) / total_m for p in points]
+        return Chord(length_m, min(fractions), max(fractions))
+
+
+@dataclass(frozen=True, slots=True)
+class Chord:
+    """The part of a straight segment inside a zone: its length, and where along the segment
+    (0 = start, 1 = end) it enters first and leaves last."""
+
+    length_m: float
+    enter_fraction: float
+    leave_fraction: float
 
 
 def inclusion_presence(signed_m: float, accuracy_m: float, margin_m: float) -> Presence:
@@ -135,6 +238,20 @@ class ZoneIndex:
         self._zones = tuple(zones)
         self._tree = shapely.STRtree([z.geometry_m for z in self._zones])
 
+    def candidates(
+        self, min_x: float, min_y: float, max_x: float, max_y: float
+    ) -> list[Zone]:
+        """Zones whose bounding box meets the box: a superset of the zones that can matter
+        there, found by a linear scan for few zones and by the STRtree for many."""
+        if len(self._zones) <= LINEAR_SCAN_MAX_ZONES:
+            return [
+                z for z in self._zones
+                if z.bounds_m[0] <= max_x and min_x <= z.bounds_m[2]
+                and z.bounds_m[1] <= max_y and min_y <= z.bounds_m[3]
+            ]
+        hits = self._tree.query(shapely.box(min_x, min_y, max_x, max_y))
+        return [self._zones[int(i)] for i in sorted(hits)]
+
     def __len__(self) -> int:
         return len(self._zones)
 
@@ -143,4 +260,16 @@ class ZoneIndex:
         if not self._zones:
             return []
         hits = self._tree.query(shapely.Point(x, y), predicate="dwithin", distance=radius_m)
-        return [self._zones[int(i)] for i in hits]
+        return [self._zones[int(i)] for i in sorted(hits)]
+
+    def crossed_by(self, start: tuple[float, float], end: tuple[float, float]) -> list[Zone]:
+        """Zones the straight segment start->end may run through: the STRtree queried with
+        the segment itself (for few zones, their bounding boxes; `Zone.chord` decides)."""
+        boxed = self.candidates(
+            min(start[0], end[0]), min(start[1], end[1]),
+            max(start[0], end[0]), max(start[1], end[1]),
+        )
+        if len(self._zones) <= LINEAR_SCAN_MAX_ZONES or not boxed:
+            return boxed
+        hits = self._tree.query(shapely.LineString([start, end]), predicate="intersects")
+        return [self._zones[int(i)] for i in sorted(hits)]

@@ -181,7 +181,7 @@ def test_exclusion_zone_referenced_as_home(config_copy: Path) -> None:
 
 
 def test_inclusion_zone_referenced_as_exclusion(config_copy: Path) -> None:
-    edit(config_copy, "subjects.yaml", "{zone: school-futian-1}", "{zone: work-s001}")
+    edit(config_copy, "subjects.yaml", "{zone: school-futian-1,", "{zone: work-s001,")
     problem = only(problems_of(config_copy), "subjects.yaml")
     assert problem.key == "subjects.0.exclusion_zones.0.zone"
     assert problem.reason == "zone is inclusion, expected exclusion"

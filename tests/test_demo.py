@@ -4,8 +4,10 @@ simulates a day, and prints the expected alerts."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,14 +20,22 @@ REPO = Path(__file__).resolve().parent.parent
 DEMO_TIMEOUT_SECONDS = 180
 
 
-def test_demo_prints_every_expected_alert(tmp_path: Path) -> None:
+def test_demo_prints_every_expected_alert() -> None:
     env = dict(os.environ, EMON_HTTP_PORT="0")
-    result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "demo", "--speed", "100000", "--exit-after-day",
-         "--run-dir", str(tmp_path / "demo")],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_SECONDS,
-        check=False,
-    )
+    # Under the repository's .run/ like the real demo (pytest's 0700 temp dirs would make
+    # PostgreSQL's data dir move to a stand-in location, which is not what users run).
+    (REPO / ".run").mkdir(exist_ok=True)
+    run_dir = Path(tempfile.mkdtemp(prefix="test-demo-", dir=REPO / ".run"))
+    run_dir.chmod(0o755)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "daemon.cli", "demo", "--speed", "100000",
+             "--exit-after-day", "--run-dir", str(run_dir)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=DEMO_TIMEOUT_SECONDS,
+            check=False,
+        )
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     opened = [line for line in result.stdout.splitlines() if " OPENED " in line]
     assert len(opened) == len(expected_alerts())

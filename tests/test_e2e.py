@@ -55,6 +55,7 @@ def daemon_process(
         EMON_MQTT_PORT=str(mosquitto.port),
         EMON_DATABASE_URL=pg_dsn,
         EMON_HTTP_PORT=str(http_port),
+        EMON_JOURNAL_DIR=str(tmp_path / "journal"),
     )
     log = (tmp_path / "daemon.log").open("wb")
     process = subprocess.Popen(

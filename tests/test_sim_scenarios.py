@@ -121,12 +121,13 @@ def sim_cli_main(argv: list[str]) -> int:
 
 
 def test_passing_and_pending_scenarios_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    # checkin_late waits for issue 5 (silence was the pending example until issue 4).
     exit_code = sim_cli_main(["sim", "run", str(SCENARIOS / "strap_open.yaml"),
-                              str(SCENARIOS / "silence.yaml"), "--expect"])
+                              str(SCENARIOS / "checkin_late.yaml"), "--expect"])
     out = capsys.readouterr().out
     assert exit_code == 0, out
     assert "PASS strap_open" in out
-    assert "PENDING silence" in out
+    assert "PENDING checkin_late" in out
     assert "1 passed, 0 failed, 1 pending" in out
 
 

@@ -40,8 +40,10 @@ from geofence.observation import DeviceEvent, DeviceEventType, FixSource, Locati
 pytestmark = pytest.mark.services
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+# Later issues add migrations; these tests are about 0001/0002 and the runner.
+MIGRATION_VERSIONS = [m.version for m in load_migrations()]
+LATEST_VERSION = MIGRATION_VERSIONS[-1]
 # Generous bounds for "eventually": CI machines are slow, and these only cap a failure.
-LATEST_VERSION = load_migrations()[-1].version  # later issues add migrations
 EVENTUALLY_SECONDS = 10.0
 POLL_SECONDS = 0.02
 
@@ -114,9 +116,25 @@ async def writer_blocked_on_lock(dsn: str, writes: int = 1) -> None:
     pytest.fail("the writer never blocked on the table lock")
 
 
+async def prepare_days(dsn: str, first: datetime, last: datetime) -> None:
+    """Create the day partitions of the test data's days (the daemon's maintenance job
+    does this ahead of time for today's; without them the writer makes them on demand,
+    which would change what these tests exercise)."""
+    info = await migrate(dsn)
+    if info.timescale:
+        return
+    async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for table in ("pings", "device_events", "zone_transitions"):
+            await conn.execute(
+                "SELECT emon_ensure_day_partitions(%s::regclass, %s, %s)",
+                [table, first.date(), last.date()],
+            )
+
+
 @pytest.fixture
 async def migrated(pg_dsn: str) -> str:
     await migrate(pg_dsn)
+    await prepare_days(pg_dsn, T0 - timedelta(days=1), T0 + timedelta(days=2))
     return pg_dsn
 
 
@@ -136,7 +154,7 @@ async def test_migrate_twice_is_idempotent_and_reports_layout(pg_dsn: str) -> No
         cur = await conn.execute("SELECT version, name FROM schema_migrations ORDER BY version")
         rows = await cur.fetchall()
         assert rows[:2] == [("0001", "core_tables"), ("0002", f"time_series.{layout}")]
-        assert len(rows) == len(load_migrations())
+        assert [version for version, _ in rows] == MIGRATION_VERSIONS
         cur = await conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()"
             " AND tablename = ANY(%s)",
@@ -144,18 +162,21 @@ async def test_migrate_twice_is_idempotent_and_reports_layout(pg_dsn: str) -> No
         )
         assert await cur.fetchone() == (5,)
         if not expect_timescale:
+            # Partitioned parents (their partitions carry copies of these indexes).
             cur = await conn.execute(
-                "SELECT indexname FROM pg_indexes WHERE indexdef LIKE '%%USING brin%%'"
-                " ORDER BY indexname"
+                "SELECT c.relname FROM pg_class c JOIN pg_am a ON a.oid = c.relam"
+                " WHERE c.relkind = 'I' AND a.amname = 'brin' ORDER BY c.relname"
             )
-            assert await cur.fetchall() == [("device_events_ts_brin",), ("pings_ts_brin",)]
+            assert await cur.fetchall() == [
+                ("device_events_ts_brin",), ("pings_ts_brin",), ("zone_transitions_ts_brin",)
+            ]
 
 
 async def test_concurrent_migrations_do_not_race(pg_dsn: str) -> None:
     infos = await asyncio.gather(*(migrate(pg_dsn) for _ in range(4)))
 
     assert len(set(infos)) == 1
-    assert await count(pg_dsn, "schema_migrations") == len(load_migrations())
+    assert await count(pg_dsn, "schema_migrations") == len(MIGRATION_VERSIONS)
 
 
 async def test_forced_plain_layout_is_recorded_and_kept(pg_dsn: str) -> None:
@@ -190,7 +211,9 @@ async def test_timescale_layout_makes_hypertables(pg_dsn: str) -> None:
             "SELECT hypertable_name, compression_enabled FROM timescaledb_information.hypertables"
             " ORDER BY hypertable_name"
         )
-        assert await cur.fetchall() == [("device_events", True), ("pings", True)]
+        assert await cur.fetchall() == [
+            ("device_events", True), ("pings", True), ("zone_transitions", True)
+        ]
 
 
 # --------------------------------------------------------------------------- writer
@@ -283,7 +306,11 @@ async def test_concurrent_batches_with_the_same_keys_store_each_row_once(
     assert await count(dsn, "pings") == 2000
     assert await scalar(dsn, "SELECT count(DISTINCT (device_id, ts)) FROM pings") == 2000
     deadlocks = metric("emon_store_write_errors_total", error="DeadlockDetected")
-    assert deadlocks - conflicts_before >= 1
+    # On TimescaleDB the two batches serialise on the creation of the chunk they both
+    # need (measured with 2.28.3), so the deadlock this provokes on plain tables does not
+    # happen there; the rows are stored once either way.
+    if not (await migrate(dsn)).timescale:
+        assert deadlocks - conflicts_before >= 1
     assert "cannot write to the database" not in caplog.text  # not an outage
 
 
