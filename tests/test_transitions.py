@@ -99,7 +99,7 @@ def test_a_forgotten_zone_track_counts_as_left_and_bands_are_not_zones() -> None
     config = make_config()
     subject = config.subjects[SUBJECT]
     since = local(15, 0)
-    before = {
+    before: dict[str, tuple[Presence, datetime | None]] = {
         SCHOOL: (Presence.INSIDE, since),
         SCHOOL + "#approach": (Presence.INSIDE, since),
     }
