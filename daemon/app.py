@@ -36,6 +36,7 @@ from daemon import metrics
 from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig, mqtt_password
+from daemon.console.web import ConsoleService
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
@@ -159,6 +160,7 @@ class Daemon:
         ] = asyncio.Queue(ALERT_RECORD_QUEUE_SIZE)
         self._alerting: AlertingService | None = None
         self._commands: CommandHandler | None = None
+        self._console: ConsoleService | None = None
         self._stop_requested = asyncio.Event()
         self._stopping = False
         self._stop_started: float | None = None
@@ -256,13 +258,16 @@ class Daemon:
             )
             actions.on_silence_change = alerting.sweep_soon
             self._commands = CommandHandler(actions, self._reply)
+            console = ConsoleService(self._loaded, self._pipeline, actions, pool)
             http = await stack.enter_async_context(
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
-                    api_routes(actions),
+                    [*api_routes(actions), *console.routes()],
                 )
             )
             self.http_port = http.bound_port
+            # Entered after the HTTP server, so it closes the console's streams first.
+            self._console = await stack.enter_async_context(console)
             scheduler = AsyncIOScheduler(timezone="UTC")
             tick_s = self._settings.tick_interval_seconds
             scheduler.add_job(
@@ -493,6 +498,8 @@ class Daemon:
         assert self._writer is not None
         target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
         target = await self._store_zone_transitions(outcome) or target
+        if self._console is not None:
+            self._console.feed.on_observation(observation, outcome.subject_id)
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
         return target
@@ -562,6 +569,8 @@ class Daemon:
         The returned future completes when the database has them (at once if `record` is
         False); officer actions wait on it to say whether their change is stored."""
         loop = asyncio.get_running_loop()
+        if self._console is not None:
+            self._console.feed.on_transitions(transitions)  # never waits for a browser
         for transition in transitions:
             alert = transition.alert
             metrics.ALERT_TRANSITIONS.labels(
@@ -670,6 +679,8 @@ class Daemon:
         if tick_seconds != old.settings.tick_interval_seconds and self._scheduler is not None:
             self._scheduler.reschedule_job("emon-tick", trigger="interval", seconds=tick_seconds)
         self._loaded = new
+        if self._console is not None:
+            self._console.swap_config(new)
         # Connections and listeners keep the settings they were opened with; notifier
         # endpoints, contacts and the sweep are built once by the AlertingService. The
         # escalation ladders, inhibitions and leave mutes are in the core: they apply now.
@@ -677,6 +688,8 @@ class Daemon:
             name for name in ("mqtt", "database", "http", "store")
             if getattr(self._settings, name) != getattr(new.settings, name)
         ]
+        if old.settings.console.enabled != new.settings.console.enabled:
+            restart.append("console.enabled")  # the console's routes are set up at start
         restart += [
             f"policies.{name}" for name in _RESTART_ONLY_POLICY_FIELDS
             if getattr(old.policies, name) != getattr(new.policies, name)

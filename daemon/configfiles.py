@@ -45,6 +45,7 @@ from shapely.geometry.base import BaseGeometry
 
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.configparse import ConfigParseError, load_json
+from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from daemon.rulesettings import (
     SECONDS_PER_MINUTE,
@@ -179,6 +180,7 @@ class Settings(_Strict):
     retention: RetentionSettings = Field(
         RetentionSettings(), title="How long each kind of data is kept (days)"
     )
+    console: ConsoleSettings = Field(ConsoleSettings(), title="Officer console (live map)")
 
 
 # ---------------------------------------------------------------------- subjects.yaml

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -29,6 +29,8 @@ from daemon.configfiles import (
     load_config,
 )
 from daemon.localservices import MosquittoProcess, PostgresProcess
+from daemon.store.lifecycle_repo import LifecycleStore, new_token
+from daemon.store.pool import open_pool
 from daemon.wire import ALERTS_TOPIC_PREFIX, DEADLETTER_TOPIC_PREFIX
 from simulators.cli import default_day
 from simulators.publisher import publish
@@ -39,6 +41,7 @@ _LOGGER = logging.getLogger(__name__)
 DEMO_TIMEZONE = ZoneInfo("Asia/Shanghai")
 SETTLE_SECONDS = 3.0  # after the last message, time for the daemon to finish and publish
 DEMO_HTTP_PORT = 9480
+DEMO_CONSOLE_OFFICER = "cmd-futian"  # command: the console shows every subject
 
 
 def format_alert(alert: dict[str, Any]) -> str:
@@ -86,8 +89,11 @@ async def _demo(args: argparse.Namespace, mosquitto: MosquittoProcess) -> int:
     async def drive() -> None:
         await asyncio.wait_for(daemon.ready.wait(), 60)
         await asyncio.wait_for(printer_ready.wait(), 30)
+        token = await _console_token(loaded.settings.database.dsn or "")
         print(
             f"\nemon demo: daemon up (metrics http://127.0.0.1:{daemon.http_port}/metrics).\n"
+            f"Officer console (live map): http://127.0.0.1:{daemon.http_port}/console/ ; "
+            f"sign in with {token} ({DEMO_CONSOLE_OFFICER}: sees every subject).\n"
             f"Simulating {day} in Shenzhen (Asia/Shanghai): 3 subjects, {len(messages)} "
             f"messages at {args.speed:g}x. Alerts appear below as the day unfolds.\n"
             f"{'local time':>11}  {'transition':<12} {'tier':<8} {'rule':<16} who / why",
@@ -113,6 +119,16 @@ async def _demo(args: argparse.Namespace, mosquitto: MosquittoProcess) -> int:
         await daemon.run()
         printer.cancel()
     return 0
+
+
+async def _console_token(dsn: str) -> str:
+    """A token for the command centre, so the demo's map can be opened at once."""
+    async with open_pool(dsn, min_size=1, max_size=1) as pool:
+        token = new_token()
+        await LifecycleStore(pool).create_token(
+            DEMO_CONSOLE_OFFICER, "emon demo", datetime.now(UTC) + timedelta(days=1), token
+        )
+    return token
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Make this checkout ready to test and demo: the mosquitto and PostgreSQL server binaries
 # (used by daemon/localservices.py to run private servers; the system services are never
-# started or stopped here) and .venv with the project installed in editable mode.
+# started or stopped here), .venv with the project installed in editable mode, and the
+# officer console's page (Node.js/npm from Debian if missing; `npm ci && npm run build` in
+# console/ when its sources changed). With --with-browser (scripts/test.sh) also Debian's
+# chromium and chromium-driver for the console's end-to-end tests.
 # Idempotent, and quick when everything is already there.
 set -euo pipefail
 
@@ -9,6 +12,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 VENV=.venv
 STAMP="$VENV/.emon-install-stamp"
+CONSOLE_SRC=console
+CONSOLE_OUT=daemon/console/static
+CONSOLE_DEPS_STAMP="$CONSOLE_SRC/node_modules/.emon-deps-stamp"
+CONSOLE_BUILD_STAMP="$CONSOLE_OUT/.emon-build-stamp"
+NODE_MIN_MAJOR=18  # Debian bookworm's nodejs; console/package.json's engines
+
+WITH_BROWSER=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-browser) WITH_BROWSER=1 ;;
+        *) printf 'bootstrap: unknown argument %s\n' "$arg" >&2; exit 2 ;;
+    esac
+done
 
 log() { printf 'bootstrap: %s\n' "$*" >&2; }
 
@@ -34,6 +50,17 @@ have_postgres() {
     return 1
 }
 
+have_node() {
+    command -v node >/dev/null 2>&1 \
+        && node -e "process.exit(+process.versions.node.split('.')[0] >= $NODE_MIN_MAJOR ? 0 : 1)" \
+            >/dev/null 2>&1
+}
+
+have_npm() { command -v npm >/dev/null 2>&1; }
+
+# Debian's packages, never a download of their own: chromedriver matches chromium's version.
+have_browser() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
+
 apt_install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2
 }
@@ -42,13 +69,17 @@ install_system_packages() {
     local missing=()
     have_mosquitto || missing+=(mosquitto)
     have_postgres || missing+=(postgresql)
+    have_node || missing+=(nodejs)
+    # A Node.js from elsewhere (e.g. NodeSource) brings its own npm; Debian's is separate.
+    have_npm || missing+=(npm)
+    if [ "$WITH_BROWSER" -eq 1 ] && ! have_browser; then missing+=(chromium chromium-driver); fi
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && have_postgres; then
         # PostgreSQL refuses to run as root; localservices runs it as this user, which
         # Debian's postgresql-common creates.
         missing+=(postgresql-common)
     fi
     if [ ${#missing[@]} -eq 0 ]; then
-        log "mosquitto and PostgreSQL server: present"
+        log "mosquitto, PostgreSQL server, Node.js$([ "$WITH_BROWSER" -eq 1 ] && echo ", chromium"): present"
         return 0
     fi
     if [ "$(id -u)" -ne 0 ]; then
@@ -72,6 +103,12 @@ install_system_packages() {
     apt_install "${missing[@]}"
     have_mosquitto || { log "mosquitto still missing after apt-get install"; exit 1; }
     have_postgres || { log "PostgreSQL server still missing after apt-get install"; exit 1; }
+    have_node || { log "Node.js >= $NODE_MIN_MAJOR still missing after apt-get install"; exit 1; }
+    have_npm || { log "npm still missing after apt-get install"; exit 1; }
+    if [ "$WITH_BROWSER" -eq 1 ] && ! have_browser; then
+        log "chromium or chromium-driver still missing after apt-get install"
+        exit 1
+    fi
 }
 
 find_python() {
@@ -123,7 +160,33 @@ install_project() {
     touch "$STAMP"
 }
 
+# A digest of the named files and their contents.
+digest_of() {
+    find "$@" -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+}
+
+build_console() {
+    local deps sources
+    deps="$(digest_of "$CONSOLE_SRC/package.json" "$CONSOLE_SRC/package-lock.json")"
+    if [ "$(cat "$CONSOLE_DEPS_STAMP" 2>/dev/null || true)" != "$deps" ]; then
+        log "console: npm ci (the versions pinned in $CONSOLE_SRC/package-lock.json)"
+        (cd "$CONSOLE_SRC" && npm ci --no-audit --no-fund >&2)
+        printf '%s\n' "$deps" >"$CONSOLE_DEPS_STAMP"
+    fi
+    sources="$(digest_of "$CONSOLE_SRC/package.json" "$CONSOLE_SRC/package-lock.json" \
+        "$CONSOLE_SRC/build.mjs" "$CONSOLE_SRC/tsconfig.json" "$CONSOLE_SRC/src")"
+    if [ -f "$CONSOLE_OUT/index.html" ] \
+        && [ "$(cat "$CONSOLE_BUILD_STAMP" 2>/dev/null || true)" = "$sources" ]; then
+        log "console: up to date"
+        return 0
+    fi
+    log "console: npm run build (type check, bundle into $CONSOLE_OUT)"
+    (cd "$CONSOLE_SRC" && npm run build >&2)
+    printf '%s\n' "$sources" >"$CONSOLE_BUILD_STAMP"
+}
+
 install_system_packages
 create_venv
 install_project
+build_console
 log "ready"

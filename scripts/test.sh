@@ -6,7 +6,7 @@ set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --with-browser
 
 failed=()
 
