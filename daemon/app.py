@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,18 @@ def _alert_from_row(row: dict[str, Any]) -> Alert:
     )
 
 
+def _tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """TLS 1.2+ with the broker's certificate and host name verified, or None (plain)."""
+    if ca_file is None:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise DaemonError(f"cannot use mqtt.tls_ca_file {ca_file}: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
 def _note_published(
     alerting: AlertingService, transition: AlertTransition, topic: str, done: asyncio.Future[None]
 ) -> None:
@@ -161,6 +174,7 @@ class Daemon:
         self._policies_set = False
         self._ack_durable = self._settings.store.ack is AckPolicy.DURABLE
         self._mqtt_connected = False
+        self._mqtt_tls: ssl.SSLContext | None = None
         self._exported_engine_stats: Counter[str] = Counter()
         self._recorder_done = asyncio.Event()
         self._alerting_done = asyncio.Event()
@@ -204,6 +218,8 @@ class Daemon:
         dsn = self._settings.database.dsn
         if not dsn:
             raise DaemonError("no database: set EMON_DATABASE_URL or database.dsn")
+        # Checked before anything starts: a wrong CA path is a config error, not an outage.
+        self._mqtt_tls = _tls_context(self._settings.mqtt.tls_ca_file)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -346,6 +362,7 @@ class Daemon:
                 client = aiomqtt.Client(
                     mqtt.host, mqtt.port, identifier=mqtt.client_id, clean_session=False,
                     keepalive=mqtt.keepalive_seconds, username=mqtt.username, password=password,
+                    tls_context=self._mqtt_tls,
                 )
                 # aiomqtt has no manual acknowledgement; its paho client does. A QoS 1 message
                 # is acknowledged only after it has been evaluated and handed to the writer,

@@ -182,9 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_alert_parsers(sub, DEFAULT_CONFIG_DIR)
 
+    from daemon.broker_cli import add_parser as add_broker_parser
     from daemon.reports import add_parsers as add_store_parsers
     from simulators.cli import add_parser as add_sim_parser
 
+    add_broker_parser(sub)
     add_sim_parser(sub)
     add_store_parsers(sub, db_sub)
     return parser

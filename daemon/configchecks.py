@@ -165,7 +165,11 @@ def _position_problem(position: Any) -> str | None:
     lon, lat = position[0], position[1]
     if not (_is_number(lon) and _is_number(lat)):
         return "a position must be two numbers [lon, lat]"
-    if not (math.isfinite(lon) and math.isfinite(lat)):
+    try:
+        finite = math.isfinite(lon) and math.isfinite(lat)
+    except OverflowError:  # an integer beyond any double (json reads 400 digits)
+        finite = False
+    if not finite:
         return "a position must be finite numbers"
     if not -90.0 <= lat <= 90.0:
         if -90.0 <= lon <= 90.0 and -180.0 <= lat <= 180.0:
@@ -183,7 +187,7 @@ def _positions_fine(ring: list[Any]) -> bool:
     """Fast path (numpy, no Python loop per position) for the usual all-good ring."""
     try:
         array = np.asarray(ring, dtype=np.float64)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         return False  # ragged or not numbers: the slow path says which position
     if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] < 2:
         return False

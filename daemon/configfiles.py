@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import reprlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, time
@@ -39,9 +40,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
+from daemon.configparse import ConfigParseError, load_json
 from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
 from daemon.rulesettings import (
@@ -98,6 +101,11 @@ class MqttSettings(_Strict):
     password_file: str | None = Field(
         None, max_length=4096,
         title="File that holds the broker password (a Docker or Kubernetes secret)",
+    )
+    tls_ca_file: Path | None = Field(
+        None,
+        title="CA certificate (PEM) to verify the broker by; set: connect over TLS "
+        "(config/mosquitto/README.md), the host name must match the certificate",
     )
     keepalive_seconds: int = Field(30, ge=5, le=3600, title="MQTT keepalive")
     reconnect_max_seconds: float = Field(30.0, ge=1.0, le=600.0, title="Longest reconnect wait")
@@ -233,7 +241,8 @@ class SubjectModel(_Strict):
     def _known_zone(cls, v: str) -> str:
         try:
             ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):
+            # OSError: "Asia" names a directory of the tz database, not a zone (fuzzing).
             raise ValueError(f"unknown time zone {v!r}") from None
         return v
 
@@ -407,7 +416,10 @@ class LoadedConfig:
 
 
 def _short(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False)
+    try:
+        text = json.dumps(value, default=str, ensure_ascii=False)
+    except (ValueError, RecursionError):  # a structure too deep to print
+        text = reprlib.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -488,7 +500,8 @@ def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
             text = path.read_text(encoding="utf-8")
             # Built only if a problem in this file needs a line (zone files are large).
             problems.lines[name] = LazyLineIndex(partial(json_line_index, text))
-            data = json.loads(text)
+            # NaN/Infinity refused, nesting and over-long integers reported (fuzzing).
+            data = load_json(text)
             parsed = ZoneFile.model_validate(data)
         except OSError as exc:
             problems.append(ConfigProblem(name, "(file)", "", f"cannot read: {exc.strerror}"))
@@ -496,8 +509,8 @@ def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
         except UnicodeDecodeError as exc:
             problems.append(ConfigProblem(name, "(file)", "", f"not UTF-8: {exc.reason}"))
             continue
-        except json.JSONDecodeError as exc:
-            problems.append(ConfigProblem(name, "(json)", "", exc.msg, exc.lineno))
+        except ConfigParseError as exc:
+            problems.append(ConfigProblem(name, "(json)", "", exc.reason, exc.line))
             continue
         except ValidationError as exc:
             problems.extend(_validation_problems(name, exc))
@@ -515,11 +528,16 @@ def _load_zones(directory: Path, problems: ProblemList) -> list[_RawZone]:
                 continue
             try:
                 geometry = shapely.geometry.shape(geojson)
-            except (ValueError, TypeError, AttributeError, IndexError) as exc:
+                valid = geometry.is_valid
+            except (ValueError, TypeError, AttributeError, IndexError, ShapelyError) as exc:
                 problems.append(ConfigProblem(name, key, feature.properties.id, f"bad: {exc}"))
                 problems.refused_zones.add(feature.properties.id)
                 continue
-            if not geometry.is_valid:
+            if geometry.is_empty:
+                problems.append(ConfigProblem(name, key, feature.properties.id, "empty geometry"))
+                problems.refused_zones.add(feature.properties.id)
+                continue
+            if not valid:
                 # Says where, in the file's own datum, and which vertex is nearest.
                 where, reason = configchecks.describe_invalid_polygon(geometry, parsed.datum)
                 problems.append(ConfigProblem(name, key + where, feature.properties.id, reason))
@@ -563,24 +581,34 @@ def _compile_schedule(schedule_id: str, model: ScheduleModel) -> Schedule:
 
 
 def _apply_env(settings: Settings, env: Mapping[str, str]) -> Settings:
-    mqtt = settings.mqtt
+    # Validated like the file (a port of 99999 or -5 is refused, not carried to a bind).
+    mqtt: dict[str, Any] = {}
+    database: dict[str, Any] = {}
+    http: dict[str, Any] = {}
     if ENV_MQTT_HOST in env:
-        mqtt = mqtt.model_copy(update={"host": env[ENV_MQTT_HOST]})
+        mqtt["host"] = env[ENV_MQTT_HOST]
     if ENV_MQTT_PORT in env:
-        mqtt = mqtt.model_copy(update={"port": int(env[ENV_MQTT_PORT])})
-    database = settings.database
+        mqtt["port"] = env[ENV_MQTT_PORT]
     if ENV_DATABASE_URL in env:
-        database = database.model_copy(update={"dsn": env[ENV_DATABASE_URL]})
+        database["dsn"] = env[ENV_DATABASE_URL]
     elif ENV_DATABASE_URL_FILE in env:
         try:
             dsn = Path(env[ENV_DATABASE_URL_FILE]).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ValueError(f"{ENV_DATABASE_URL_FILE}: cannot read: {exc.strerror}") from None
-        database = database.model_copy(update={"dsn": dsn})
-    http = settings.http
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8"
+            raise ValueError(f"{ENV_DATABASE_URL_FILE}: cannot read: {reason}") from None
+        database["dsn"] = dsn
     if ENV_HTTP_PORT in env:
-        http = http.model_copy(update={"port": int(env[ENV_HTTP_PORT])})
-    return settings.model_copy(update={"mqtt": mqtt, "database": database, "http": http})
+        http["port"] = env[ENV_HTTP_PORT]
+    return settings.model_copy(
+        update={
+            "mqtt": MqttSettings.model_validate({**settings.mqtt.model_dump(), **mqtt}),
+            "database": DatabaseSettings.model_validate(
+                {**settings.database.model_dump(), **database}
+            ),
+            "http": HttpSettings.model_validate({**settings.http.model_dump(), **http}),
+        }
+    )
 
 
 def _fingerprint(directory: Path) -> str:

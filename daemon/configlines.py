@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from daemon.configparse import YamlLimitError, check_aliases, check_nesting
+
 _LOGGER = logging.getLogger(__name__)
 
 _Loader: type[yaml.SafeLoader] | type[yaml.CSafeLoader]
@@ -127,13 +129,21 @@ def _walk(
 def parse_yaml(text: str) -> YamlDocument:
     """Parse one YAML document into its data and its line index.
 
-    Raises `yaml.YAMLError` like `yaml.safe_load` (the caller reports its mark)."""
+    Raises `yaml.YAMLError` like `yaml.safe_load` (the caller reports its mark), also for
+    what would crash or hang the process (daemon/configparse.py: nesting that segfaults
+    libyaml's composer, alias bombs, integers too long to convert)."""
+    check_nesting(text, _Loader)
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, LineIndex({"": 1}))
-        data = loader.construct_document(node)
+        if "*" in text:  # no alias without a '*': most files skip the walk
+            check_aliases(node)
+        try:
+            data = loader.construct_document(node)
+        except ValueError as exc:  # e.g. an integer beyond sys.int_info's digit limit
+            raise YamlLimitError(f"invalid value: {str(exc)[:120]}") from None
     finally:
         loader.dispose()
     lines: dict[str, int] = {"": node.start_mark.line + 1}
@@ -143,8 +153,15 @@ def parse_yaml(text: str) -> YamlDocument:
 
 
 def json_line_index(text: str) -> LineIndex:
-    """Line index of a JSON text that `json.loads` accepted; empty if it cannot be built."""
-    loader = _Loader(text.replace("\t", " "))
+    """Line index of a JSON text; empty if it cannot be built."""
+    text = text.replace("\t", " ")
+    try:
+        # Built for problems in files json refused too: never hand libyaml's composer
+        # a nesting that crashes it.
+        check_nesting(text, _Loader)
+    except yaml.YAMLError:
+        return LineIndex()
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
     except yaml.YAMLError as exc:

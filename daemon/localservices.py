@@ -407,6 +407,14 @@ class MosquittoProcess(_LocalService):
             process.wait()
         self._after_exit()
 
+    def reload(self) -> None:
+        """SIGHUP: the broker re-reads its password and ACL files (and other reloadable
+        options) without dropping connections or sessions."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            raise LocalServiceError(f"{self._kind} is not running: cannot reload")
+        process.send_signal(signal.SIGHUP)
+
     def _after_exit(self) -> None:
         self._process = None
         with contextlib.suppress(FileNotFoundError):
@@ -524,6 +532,110 @@ class MosquittoProcess(_LocalService):
                     new_log(),
                 )
             time.sleep(POLL_INTERVAL_SECONDS)
+
+
+class ConfiguredMosquittoProcess(MosquittoProcess):
+    """A private Mosquitto started from a given configuration file (the production one,
+    config/mosquitto/mosquitto.conf), with only its host-specific lines substituted:
+
+    * the listeners, in order: the first (plain) on ``port``, the second (TLS) on
+      ``tls_port``, both bound to loopback;
+    * the paths of the password file, ACL file, TLS certificate and key;
+    * persistence location, log file (this run directory), no pid file, and ``user root``
+      when run as root.
+
+    Everything else (authentication, ACL use, queue limits, TLS version, retain and packet
+    limits) stays exactly as written, so tests exercise the shipped security settings.
+    """
+
+    _kind = "mosquitto (configured)"
+
+    def __init__(
+        self,
+        run_dir: Path,
+        template: Path,
+        *,
+        password_file: Path,
+        acl_file: Path,
+        certfile: Path,
+        keyfile: Path,
+        port: int | None = None,
+        tls_port: int | None = None,
+    ) -> None:
+        super().__init__(run_dir, port)
+        self._template = Path(template)
+        self._paths = {
+            "password_file": Path(password_file).absolute(),
+            "acl_file": Path(acl_file).absolute(),
+            "certfile": Path(certfile).absolute(),
+            "keyfile": Path(keyfile).absolute(),
+        }
+        self._tls_port = find_free_port() if tls_port is None else tls_port
+
+    @property
+    def tls_port(self) -> int:
+        return self._tls_port
+
+    def _config_text(self) -> str:
+        return render_mosquitto_config(
+            self._template.read_text(encoding="utf-8"),
+            listener_ports=(self._port, self._tls_port),
+            paths=self._paths,
+            persistence_dir=self._persistence_dir,
+            log_path=self.log_path,
+        )
+
+
+_LISTENER_DIRECTIVE = "listener"
+# Directives that name host-specific files, replaced or dropped for a private instance.
+_DROPPED_DIRECTIVES = frozenset({"pid_file", "log_dest", "persistence_location", "user"})
+
+
+def render_mosquitto_config(
+    template: str,
+    *,
+    listener_ports: Sequence[int],
+    paths: dict[str, Path],
+    persistence_dir: Path,
+    log_path: Path,
+) -> str:
+    """The template with its listeners moved to loopback ports and its paths replaced.
+
+    Raises LocalServiceError if the template has more listeners than ports given or lacks
+    a path directive that is to be replaced (a template that drifted from what the
+    caller expects must not silently start a weaker broker).
+    """
+    lines = ["# Written by daemon.localservices from a template at every start."]
+    listeners = 0
+    replaced: set[str] = set()
+    for raw in template.splitlines():
+        words = raw.split()
+        directive = words[0] if words and not words[0].startswith("#") else ""
+        if directive == _LISTENER_DIRECTIVE:
+            if listeners >= len(listener_ports):
+                raise LocalServiceError(f"template has more than {len(listener_ports)} listeners")
+            lines.append(f"listener {listener_ports[listeners]} {LOOPBACK_HOST}")
+            listeners += 1
+        elif directive in paths:
+            lines.append(f"{directive} {paths[directive]}")
+            replaced.add(directive)
+        elif directive not in _DROPPED_DIRECTIVES:
+            lines.append(raw)
+    missing = sorted(set(paths) - replaced)
+    if missing or listeners != len(listener_ports):
+        raise LocalServiceError(
+            f"template lacks {', '.join(missing) or 'listeners'}: "
+            f"{listeners} listener(s) for {len(listener_ports)} port(s)"
+        )
+    lines += [
+        # mosquitto 1.x concatenates location and file name: keep the trailing slash.
+        f"persistence_location {persistence_dir}/",
+        f"log_dest file {log_path}",
+    ]
+    if os.geteuid() == 0:
+        # See MosquittoProcess: keep root so the root-owned run directory stays writable.
+        lines.append("user root")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------ PostgreSQL
@@ -658,6 +770,22 @@ def _sweep_stand_ins(keep: Path) -> None:
             continue
         _LOGGER.info("removing %s, left behind for the deleted %s", home, owner)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def _discard_tree(path: Path) -> None:
+    """Remove a stale stand-in that another process's sweep may be removing right now.
+
+    Parallel test runs (one per checkout) sweep each other's orphaned stand-ins: a plain
+    rmtree here then failed with FileNotFoundError halfway. Renaming first is atomic (one
+    of the two wins, the other sees it gone), and the new stand-in made at the old path
+    is never touched by a removal that started on the old one.
+    """
+    trash = path.with_name(f".discarded-{path.name}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return  # someone else took it
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _conf_quote(value: str) -> str:
@@ -982,12 +1110,14 @@ class PostgresProcess(_LocalService):
             if home.exists():  # made for a deleted run directory of the same name
                 if self.running:
                     self.kill()
-                shutil.rmtree(home)
+                _discard_tree(home)
             home.mkdir()
-            (home / _STAND_IN_OWNER_FILE).write_text(f"{self._run_dir}\n", encoding="utf-8")
             link = self._run_dir / STAND_IN_LINK_NAME
             link.unlink(missing_ok=True)
             link.symlink_to(home, target_is_directory=True)
+            # The owner file last: until it exists, other processes' sweeps leave the
+            # stand-in alone ("being set up"); with it, the link above already ties it.
+            (home / _STAND_IN_OWNER_FILE).write_text(f"{self._run_dir}\n", encoding="utf-8")
         self.socket_dir.mkdir(exist_ok=True)
         if not self._as_root():
             return

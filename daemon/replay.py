@@ -54,25 +54,31 @@ class ReplayLineError(ValueError):
     pass
 
 
+def _shape(value: Any) -> str:
+    """What a bad value looks like, without its content: it may come from a device's `ts`
+    field and hold anything, a position included, and this text is logged."""
+    return f"({type(value).__name__} of {len(str(value))} characters)"
+
+
 def _arrival_time(value: Any) -> datetime:
     """An arrival time: RFC 3339 with offset, or epoch seconds (as on the wire)."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(float(value), tz=UTC)
         except (OverflowError, OSError, ValueError):
-            raise ReplayLineError(f"received_at {value!r} out of range") from None
+            raise ReplayLineError(f"received_at {_shape(value)} out of range") from None
     if not isinstance(value, str):
-        raise ReplayLineError(f"bad received_at {value!r}")
+        raise ReplayLineError(f"bad received_at {_shape(value)}")
     try:
         at = datetime.fromisoformat(value)
     except ValueError:
-        raise ReplayLineError(f"bad received_at {value!r}") from None
+        raise ReplayLineError(f"bad received_at {_shape(value)}") from None
     if at.tzinfo is None:
-        raise ReplayLineError(f"received_at without offset {value!r}")
+        raise ReplayLineError(f"received_at without offset {_shape(value)}")
     try:
         return at.astimezone(UTC)
     except OverflowError:
-        raise ReplayLineError(f"received_at {value!r} out of range") from None
+        raise ReplayLineError(f"received_at {_shape(value)} out of range") from None
 
 
 def parse_line(line: str) -> ReplayMessage:

@@ -94,8 +94,8 @@ def role_of(subject: SubjectSpec | None, zone_id: str) -> ZoneRole:
 def presence_changes(
     device_id: str,
     subject: SubjectSpec | None,
-    before: PresenceSnapshot,
-    after: PresenceSnapshot,
+    before: Mapping[str, tuple[Presence, datetime | None]],
+    after: Mapping[str, tuple[Presence, datetime | None]],
     received_at: datetime,
     *,
     zone_ids: Collection[str] | None = None,

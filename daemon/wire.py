@@ -36,6 +36,10 @@ MAX_EXTRA_FIELDS = 16
 MAX_PAST_AGE = timedelta(days=30)
 MAX_FUTURE_SKEW = timedelta(minutes=15)
 MAX_ACCURACY_M = 100_000.0
+# Devices send flat objects (OwnTracks nests one list). Anything deeper is hostile, and
+# nesting near Python's recursion limit would make re-encoding the kept fields for the
+# store or an alert fail with RecursionError far from here.
+MAX_JSON_DEPTH = 16
 DEVICE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 
 
@@ -118,7 +122,55 @@ def load_json_object(payload: bytes) -> dict[str, Any]:
         raise WireError(RejectReason.NOT_JSON, str(exc)[:200]) from None
     if not isinstance(data, dict):
         raise WireError(RejectReason.NOT_OBJECT, f"top level is {type(data).__name__}")
+    _check_carriable(data)
     return data
+
+
+def _check_text(text: str) -> None:
+    if "\x00" in text:
+        # PostgreSQL's jsonb and text cannot hold U+0000; the row would be refused.
+        raise WireError(RejectReason.NOT_JSON, "a string holds U+0000")
+    if not text.isascii():  # isascii() is O(1) in CPython: ASCII text costs nothing more
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate ("\\ud800", or its UTF-8 bytes, which json.loads(bytes)
+            # lets through) is not Unicode text: neither publishable as UTF-8 nor storable.
+            raise WireError(
+                RejectReason.NOT_JSON, "a string holds an unpaired surrogate"
+            ) from None
+
+
+def _check_carriable(data: dict[str, Any]) -> None:
+    """Refuse what parses but cannot be carried on: every field the decoder accepts (the
+    extra ones included) is stored as jsonb and may be published inside an alert.
+
+    Python's json turns 1e400 into infinity, keeps U+0000 and lone surrogates, and nests
+    as deep as its recursion limit allows; none of these can be written back as JSON
+    that PostgreSQL or a UTF-8 consumer accepts. Iterative, so hostile depth costs no
+    stack; bench/bench_wire.py measures its cost.
+    """
+    pending: list[tuple[dict[str, Any] | list[Any], int]] = [(data, 1)]
+    while pending:
+        container, depth = pending.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise WireError(RejectReason.NOT_JSON, f"nested deeper than {MAX_JSON_DEPTH}")
+        values: Any = container
+        if type(container) is dict:
+            for key in container:
+                _check_text(key)
+            values = container.values()
+        for value in values:
+            kind = type(value)
+            if kind is str:
+                _check_text(value)
+            elif kind is float:
+                if not math.isfinite(value):
+                    raise WireError(
+                        RejectReason.NON_FINITE, "a number overflows a double (1e400)"
+                    )
+            elif kind is dict or kind is list:
+                pending.append((value, depth + 1))
 
 
 def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:

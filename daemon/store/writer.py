@@ -1215,12 +1215,16 @@ class PingWriter:
         assert self._pool is not None
         _, table, values = row
         table_name = _TABLES[table].name
-        # No row values at ERROR level: they hold coordinates (kept in store_rejects).
+        # The row (coordinates) and the server's full message (its CONTEXT quotes the
+        # refused value) go to store_rejects, behind the database's access control; the
+        # log, read by more people and kept elsewhere, names the device only.
+        diag = getattr(exc, "diag", None)
         _LOGGER.error(
-            "database refused a %s row, keeping it in store_rejects: %s: %s",
+            "database refused a %s row of device %s, keeping it in store_rejects: %s: %s",
             table_name,
+            values[0],
             type(exc).__name__,
-            exc,
+            getattr(diag, "message_primary", None) or "see store_rejects",
         )
         # repr() escapes what made the row unstorable (NULs, lone surrogates).
         row_text = repr(values)
