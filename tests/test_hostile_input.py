@@ -426,9 +426,11 @@ def test_loader_regressions(tmp_path: Path, file: str, content: bytes, expected:
 def test_yaml_anchors_within_bounds_still_work(tmp_path: Path) -> None:
     config = copy_config(tmp_path)
     path = config / "subjects.yaml"
-    plain = "    exclusion_zones:\n      - {zone: school-futian-1}\n"
+    entry = "      - {zone: school-futian-1, approach_m: 100}\n"
+    plain = "    exclusion_zones:\n" + entry
     text = path.read_text(encoding="utf-8")
-    text = text.replace(plain, "    exclusion_zones: &school\n      - {zone: school-futian-1}\n", 1)
+    assert plain in text
+    text = text.replace(plain, "    exclusion_zones: &school\n" + entry, 1)
     text = text.replace(plain, "    exclusion_zones: *school\n")
     assert "*school" in text
     path.write_text(text, encoding="utf-8")
