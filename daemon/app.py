@@ -31,7 +31,7 @@ import aiomqtt
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
+from alerts.model import AlertTransition, Tier
 from daemon import metrics
 from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
@@ -45,6 +45,7 @@ from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
 from daemon.store.config_repo import ConfigVersionRepository
 from daemon.store.errors import StoreError
+from daemon.store.lifecycle_repo import alert_from_row
 from daemon.store.migrations import StoreInfo, migrate
 from daemon.store.pool import Pool, open_pool
 from daemon.store.settings import AckPolicy
@@ -98,32 +99,6 @@ _RESTART_ONLY_POLICY_FIELDS = (
     "notifiers", "contacts", "mqtt_officer_topics", "sweep_interval_seconds", "console_url",
     "silences",
 )
-
-
-def _alert_from_row(row: dict[str, Any]) -> Alert:
-    return Alert(
-        alert_id=str(row["alert_id"]),
-        subject_id=row["subject_id"],
-        device_id=row["device_id"],
-        rule=RuleId(row["rule"]),
-        zone_id=row["zone_id"],
-        tier=Tier(row["tier"]),
-        state=AlertState(row["state"]),
-        opened_at=row["opened_at"],
-        updated_at=row["updated_at"],
-        officer_id=row["officer_id"],
-        trigger=row["trigger"] or {},
-        last_evidence=row["last_evidence"] or {},
-        reason=row.get("reason") or "",
-        count=row["count"],
-        condition_active=row["condition_active"],
-        cleared_at=row["cleared_at"],
-        acknowledged_at=row["acknowledged_at"],
-        acknowledged_by=row["acknowledged_by"],
-        resolved_at=row["resolved_at"],
-        resolved_by=row["resolved_by"],
-        disposition=row["disposition"],
-    )
 
 
 def _tls_context(ca_file: Path | None) -> ssl.SSLContext | None:
@@ -317,7 +292,7 @@ class Daemon:
 
     async def _restore_alerts(self, repo: AlertRepository) -> None:
         rows = await repo.list_alerts()
-        alerts = [_alert_from_row(r) for r in rows]
+        alerts = [alert_from_row(r) for r in rows]
         self._pipeline.book.restore(alerts)
         _LOGGER.info("restored %d alerts (%d unresolved)", len(alerts),
                      len(self._pipeline.book.unresolved()))
