@@ -10,6 +10,10 @@ MESSAGES_RECEIVED = Counter(
 MESSAGES_REJECTED = Counter(
     "emon_messages_rejected_total", "Device messages refused by the wire decoder", ["reason"]
 )
+MESSAGES_FAILED = Counter(
+    "emon_messages_failed_total",
+    "Messages whose handling raised unexpectedly (dead-lettered as internal_error)", ["stage"],
+)
 MESSAGES_IGNORED = Counter(
     "emon_messages_ignored_total",
     "Well-formed device messages with nothing to evaluate (e.g. OwnTracks lwt)", ["reason"],
