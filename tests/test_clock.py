@@ -5,6 +5,7 @@ The daemon under a real wall-clock step (libfaketime) is tests/test_faults_clock
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import UTC, datetime
 
@@ -83,7 +84,7 @@ def test_forward_step_is_logged_once_counted_and_slewed(caplog: pytest.LogCaptur
     # Right after the step engine time has not jumped; it never advances more than
     # (1 + FAST) seconds per real second, and never goes backwards.
     assert engine[0] == pytest.approx(START_S, abs=1e-6)
-    increments = [b - a for a, b in zip(engine, engine[1:], strict=False)]
+    increments = [b - a for a, b in itertools.pairwise(engine)]
     assert min(increments) >= 0.0
     assert max(increments) <= 1.0 + CLOCK_SLEW_FAST_FRACTION + 2.0  # + the final snap
     assert engine[-1] == fake.wall
@@ -103,13 +104,13 @@ def test_backward_step_never_sends_time_backwards() -> None:
         fake.advance(1.0)
         engine.append(clock.read())
     assert steps("backward") - backward_before == 1
-    increments = [b - a for a, b in zip(engine, engine[1:], strict=False)]
+    increments = [b - a for a, b in itertools.pairwise(engine)]
     assert min(increments) >= 1.0 - CLOCK_SLEW_SLOW_FRACTION - 1e-9  # keeps moving
     assert engine[-1] == fake.wall
     assert not clock.absorbing
 
 
-def test_device_reporting_every_five_minutes_is_never_fifteen_minutes_quiet_in_engine_time() -> None:
+def test_a_device_reporting_every_five_minutes_never_looks_quiet_for_fifteen() -> None:
     """The silence rule's view: arrival gaps in engine time stay under the wearable
     threshold (15 min) for a device reporting every 5 minutes across a forward step of a
     day (the gap the daemon did not live through never shows)."""
@@ -123,6 +124,6 @@ def test_device_reporting_every_five_minutes_is_never_fifteen_minutes_quiet_in_e
         now = clock.read()
         if minute % 5 == 0:
             arrivals.append(now)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) <= 5 * 60.0 * (1.0 + CLOCK_SLEW_FAST_FRACTION) + 2.0
     assert max(gaps) < 15 * 60.0

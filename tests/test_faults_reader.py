@@ -95,7 +95,8 @@ async def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_is_
     assert body["detail"] == "RuntimeError at evaluate"
     assert metric("emon_messages_failed_total", stage="evaluate") - failed_before == 1
     failures = [r for r in caplog.records if "dead-lettered as internal_error" in r.getMessage()]
-    assert len(failures) == 1 and failures[0].levelno == logging.ERROR
+    assert len(failures) == 1
+    assert failures[0].levelno == logging.ERROR
     assert "RuntimeError" in failures[0].getMessage()
     assert leaks(log_texts(caplog), [LAT, LON], []) == []
     print(f"\nsent 2 fixes; stored {len(await stored_pings(pg_dsn))}; dead-lettered 1")
