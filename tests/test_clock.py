@@ -10,11 +10,11 @@ import logging
 from datetime import UTC, datetime
 
 import pytest
+from prometheus_client import REGISTRY
 
 from daemon.clock import (
     CLOCK_SLEW_FAST_FRACTION,
     CLOCK_SLEW_SLOW_FRACTION,
-    CLOCK_STEPS,
     GuardedClock,
 )
 
@@ -40,7 +40,7 @@ class FakeTime:
 
 
 def steps(direction: str) -> float:
-    return CLOCK_STEPS.labels(direction)._value.get()
+    return REGISTRY.get_sample_value("emon_clock_steps_total", {"direction": direction}) or 0.0
 
 
 def test_without_steps_engine_time_is_the_wall_clock() -> None:
