@@ -23,6 +23,15 @@ import aiomqtt
 import psycopg
 import yaml
 
+from simulators.load import (
+    DISCONNECT,
+    MQTT_CONNACK,
+    MQTT_PUBACK,
+    _remaining_length,
+    _str16,
+    publish_packet,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT_SECONDS = 60.0
 PUBLISH_RETRY_SECONDS = 0.5
@@ -31,15 +40,16 @@ PUBLISH_WINDOW = 200
 
 
 def daemon_config(
-    tmp_path: Path, client_id: str, settings_update: Callable[[dict[str, Any]], None] | None = None
+    tmp_path: Path, client_id: str, settings_update: Callable[[dict[str, Any]], None] | None = None,
+    source: Path = REPO / "config",
 ) -> Path:
-    """The repo's config with a client id of this test's own (and `settings_update` applied
-    to settings.yaml)."""
+    """A copy of `source` (the repo's config) with a client id of this test's own (and
+    `settings_update` applied to settings.yaml)."""
     directory = tmp_path / "config"
-    shutil.copytree(REPO / "config", directory)
+    shutil.copytree(source, directory)
     settings_path = directory / "settings.yaml"
     settings = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
-    settings["mqtt"]["client_id"] = client_id
+    settings.setdefault("mqtt", {})["client_id"] = client_id
     if settings_update is not None:
         settings_update(settings)
     settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
@@ -128,31 +138,90 @@ class DeviceMessage:
     payload: bytes
 
 
-async def _send_round(
-    client: aiomqtt.Client, messages: Sequence[DeviceMessage], pending: Sequence[int],
-    acknowledged: set[int], pace_per_second: float | None,
+class _ReliablePublisher(asyncio.Protocol):
+    """MQTT 3.1.1 QoS 1 publishing over one connection, batched per write like
+    simulators/load.py's generator (aiomqtt manages ~1,200 msg/s here, and logs a warning
+    per call beyond ten in flight); tracks which packet ids the broker acknowledged."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.connected: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.lost = asyncio.Event()
+        self.inflight: dict[int, int] = {}  # packet id -> message index
+        self.acked: list[int] = []
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.connected.done():
+            self.connected.set_exception(exc or ConnectionError("closed before CONNACK"))
+        self.lost.set()
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= 2:
+            kind, length = self._buffer[0] >> 4, self._buffer[1]  # CONNACK, PUBACK: 2 bytes
+            if len(self._buffer) < 2 + length:
+                return
+            body = bytes(self._buffer[2 : 2 + length])
+            del self._buffer[: 2 + length]
+            if kind == MQTT_CONNACK and not self.connected.done():
+                if body[1:] == b"\x00":
+                    self.connected.set_result(None)
+                else:
+                    self.connected.set_exception(ConnectionError(f"CONNACK {body!r}"))
+            elif kind == MQTT_PUBACK:
+                index = self.inflight.pop(int.from_bytes(body[:2], "big"), None)
+                if index is not None:
+                    self.acked.append(index)
+
+
+def _connect_persistent(client_id: str) -> bytes:
+    """CONNECT with clean session off (a device's session survives its reconnects)."""
+    body = _str16("MQTT") + bytes([4, 0x00]) + (60).to_bytes(2, "big") + _str16(client_id)
+    return bytes([0x10]) + _remaining_length(len(body)) + body
+
+
+async def _publish_round(
+    host: str, port: int, client_id: str, messages: Sequence[DeviceMessage],
+    pending: list[int], acknowledged: set[int], pace_per_second: float | None,
 ) -> None:
-    """One connection's worth: at most PUBLISH_WINDOW messages awaiting their PUBACK."""
     loop = asyncio.get_running_loop()
-    window = asyncio.Semaphore(PUBLISH_WINDOW)
-    started = loop.time()
-
-    async def send(index: int) -> None:
-        try:
-            message = messages[index]
-            await client.publish(message.topic, message.payload, qos=1)
-            acknowledged.add(index)
-        finally:
-            window.release()
-
-    async with asyncio.TaskGroup() as tasks:
-        for position, index in enumerate(pending):
-            if pace_per_second is not None:
-                due = started + position / pace_per_second
-                if due > loop.time():
-                    await asyncio.sleep(due - loop.time())
-            await window.acquire()
-            tasks.create_task(send(index))
+    _, protocol = await asyncio.wait_for(
+        loop.create_connection(_ReliablePublisher, host, port), 5.0
+    )
+    assert protocol.transport is not None
+    transport = protocol.transport
+    try:
+        transport.write(_connect_persistent(client_id))
+        await asyncio.wait_for(protocol.connected, 5.0)
+        started, position, next_id = loop.time(), 0, 0
+        while position < len(pending) or protocol.inflight:
+            if protocol.lost.is_set():
+                raise ConnectionError("connection lost")
+            due = len(pending) if pace_per_second is None else int(
+                (loop.time() - started) * pace_per_second) + 1
+            batch = bytearray()
+            while (position < min(due, len(pending))
+                   and len(protocol.inflight) < PUBLISH_WINDOW):
+                index = pending[position]
+                next_id = next_id % 65535 + 1
+                message = messages[index]
+                protocol.inflight[next_id] = index
+                batch += publish_packet(_str16(message.topic), message.payload, 1, next_id)
+                position += 1
+            if batch:
+                transport.write(bytes(batch))
+            await asyncio.sleep(0.002)
+            acknowledged.update(protocol.acked)
+            protocol.acked.clear()
+        transport.write(DISCONNECT)
+    finally:
+        acknowledged.update(protocol.acked)
+        transport.close()
 
 
 async def publish_reliably(
@@ -170,11 +239,9 @@ async def publish_reliably(
     while pending:
         assert loop.time() < deadline, f"{len(pending)} messages never acknowledged"
         try:
-            async with aiomqtt.Client(host, port, identifier=client_id, clean_session=False,
-                                      max_inflight_messages=PUBLISH_WINDOW,
-                                      timeout=5.0) as client:
-                await _send_round(client, messages, pending, acknowledged, pace_per_second)
-        except* (aiomqtt.MqttError, TimeoutError):
+            await _publish_round(host, port, client_id, messages, pending, acknowledged,
+                                 pace_per_second)
+        except (OSError, ConnectionError, TimeoutError):
             await asyncio.sleep(PUBLISH_RETRY_SECONDS)  # the broker is away: resend the rest
         pending = [i for i in pending if i not in acknowledged]
         pace_per_second = None  # what is left goes out at once
