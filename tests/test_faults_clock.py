@@ -49,7 +49,7 @@ pytestmark = [pytest.mark.fault, pytest.mark.services, pytest.mark.e2e]
 LIBFAKETIME_GLOB = "/usr/lib/*/faketime/libfaketime.so.1"
 REPORT_INTERVAL_SECONDS = 0.5
 # (control file content, seconds to run with it). The first is the baseline.
-CLOCK_PHASES = (("+0", 4.0), ("+3h", 6.0), ("+0", 6.0), ("-2h", 4.0))
+CLOCK_PHASES = (("+0", 3.0), ("+3h", 4.0), ("+0", 4.0), ("-2h", 3.0))
 FORWARD_STEPS, BACKWARD_STEPS = 1, 2
 DEVICES = {"tag-s002": NIGHT_OUT_S002, "tag-s003": HOME_S003}
 CATCH_UP_SECONDS = 30.0

@@ -1,13 +1,14 @@
-"""Faults under load: `emon run` (a real process) while 200 devices publish ~6,000 fixes at
+"""Faults under load: `emon run` (a real process) while 200 devices publish 3,000 fixes at
 a target of 2,000 msg/s, ten of them opening their strap mid-run (a critical alert each).
 
 * kill -9 of the daemon, restarted at once;
 * a Mosquitto restart (clean stop, persistence on: the daemon's persistent session and its
   queued messages are saved);
-* a PostgreSQL stop of several seconds, then start (journal, then replay);
-* the spill journal's disk full (a 256 KiB tmpfs, or where mounting is not allowed the
-  journal's size limit) while PostgreSQL is down: a clear ERROR, a metric, backpressure
-  (the daemon stops acknowledging, the broker holds the rest), and all stored afterwards.
+* PostgreSQL stopped under load (the rest of the load, with the strap events, published
+  during the outage): alerts go out meanwhile, rows go to the journal, whose disk (a
+  256 KiB tmpfs, or where mounting is not allowed the journal's size limit) fills up: a
+  clear ERROR, a metric, backpressure (the daemon stops acknowledging, the broker holds the
+  rest); PostgreSQL started again: all stored once (journal replayed, backlog taken).
 
 Each test then checks what survived against what was sent, exactly: every fix in `pings`
 once, every strap event in `device_events` once, exactly the ten expected alerts (their ids
@@ -18,7 +19,8 @@ QoS 1, a persistent session, every message resent until the broker acknowledges 
 
 The broker is private to each test (messages published here must not queue up in other
 tests' persistent sessions); PostgreSQL is the session's server with a fresh database
-(stopped and started by the PostgreSQL test only)."""
+(stopped and started by the PostgreSQL test only; the other faults with the database
+down are in tests/test_outage_e2e.py)."""
 
 from __future__ import annotations
 
@@ -56,12 +58,11 @@ from tests.fault_harness import (
 pytestmark = [pytest.mark.fault, pytest.mark.services, pytest.mark.e2e]
 
 DEVICES = 200
-FIXES_PER_DEVICE = 20
+FIXES_PER_DEVICE = 15
 TAMPERED_DEVICES = 10
 TARGET_RATE_PER_SECOND = 2_000.0
 FLEET_SEED = 10
 CATCH_UP_SECONDS = 120.0
-OUTAGE_SECONDS = 3.0
 JOURNAL_TMPFS_SIZE = "256k"
 SMALLEST_BUFFER_ROWS = 1_000  # StoreSettings.buffer_rows' lower bound
 STALL_SECONDS = 2.0
@@ -83,9 +84,9 @@ def fleet_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Fleet, Path]
     return fleet, directory
 
 
-def build_load(fleet: Fleet) -> Load:
+def build_load(fleet: Fleet, strap_step: int = FIXES_PER_DEVICE // 2) -> Load:
     """Every device at home, one fix a second of event time (timestamps in the recent past,
-    as a store-and-forward upload has them); ten straps open halfway."""
+    as a store-and-forward upload has them); ten straps open after `strap_step` fixes."""
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     messages: list[DeviceMessage] = []
     alert_ids: set[str] = set()
@@ -96,7 +97,7 @@ def build_load(fleet: Fleet) -> Load:
                     "acc": 8.0, "src": "gnss", "batt": 80}
             messages.append(DeviceMessage(f"emon/v1/devices/{subject.wearable_id}/location",
                                           json.dumps(body).encode()))
-        if step == FIXES_PER_DEVICE // 2:
+        if step == strap_step:
             opened = at + timedelta(milliseconds=500)
             for subject in fleet.subjects[:TAMPERED_DEVICES]:
                 event = {"ts": opened.isoformat(), "type": "strap_open"}
@@ -256,46 +257,6 @@ async def test_broker_restart_under_load_loses_nothing(
     assert reconnects >= 1
 
 
-async def test_postgres_stopped_under_load_loses_nothing_and_alerts_flow(
-    fleet_config: tuple[Fleet, Path], private_mosquitto: MosquittoProcess,
-    postgres: PostgresProcess, pg_dsn: str, tmp_path: Path,
-) -> None:
-    broker = private_mosquitto
-    load = build_load(fleet_config[0])
-    async with (
-        AlertWatch(broker.host, broker.port) as watch,
-        fleet_daemon(fleet_config, broker, pg_dsn, tmp_path) as daemon,
-    ):
-        publisher = asyncio.create_task(publish_reliably(
-            broker.host, broker.port, load.messages, client_id=new_client_id("t-fleet"),
-            pace_per_second=TARGET_RATE_PER_SECOND))
-        await wait_until_processed(daemon, len(load.messages) / 4)
-        port = postgres.port
-        await asyncio.to_thread(postgres.stop)
-        try:
-            acknowledged = await publisher
-            # Everything is evaluated and the alerts go out while the database is down.
-            await wait_until_processed(daemon, len(load.messages))
-            journalled = (await asyncio.to_thread(daemon.metrics)).get(
-                "emon_store_journal_rows_appended_total", 0.0)
-            opened_in_outage = {b["alert_id"] for b in watch.bodies
-                                if b["transition"] == "opened"}
-            await asyncio.sleep(OUTAGE_SECONDS)
-        finally:
-            await asyncio.to_thread(postgres.start)
-        assert postgres.port == port
-        await wait_all_stored(pg_dsn, load)
-        await daemon.wait_metric("emon_store_journalling", 0, CATCH_UP_SECONDS)
-        await asyncio.sleep(1.0)
-        assert await asyncio.to_thread(daemon.stop) == 0
-        counts = await survived(pg_dsn, load, watch)
-    report("PostgreSQL stopped under load", sent=len(load.messages),
-           acknowledged_by_broker=acknowledged, journal_rows_in_outage=int(journalled),
-           alerts_published_in_outage=len(opened_in_outage), **counts)
-    assert journalled > 0
-    assert opened_in_outage == load.alert_ids
-
-
 @contextlib.contextmanager
 def tiny_journal_disk(directory: Path) -> Iterator[dict[str, Any]]:
     """A 256 KiB tmpfs for the journal (root in a container that allows mounts); else the
@@ -316,12 +277,17 @@ def tiny_journal_disk(directory: Path) -> Iterator[dict[str, Any]]:
             subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
-async def test_journal_disk_full_with_postgres_down_backpressure_then_all_stored(
+async def test_postgres_down_under_load_alerts_flow_journal_fills_then_all_stored(
     fleet_config: tuple[Fleet, Path], private_mosquitto: MosquittoProcess,
     postgres: PostgresProcess, pg_dsn: str, tmp_path: Path,
 ) -> None:
+    """PostgreSQL stopped after the first quarter of the load; the rest (with the strap
+    events) published during the outage: evaluation and alerting go on, rows go to the
+    journal until its disk is full, then backpressure; PostgreSQL back: all stored once."""
     broker = private_mosquitto
-    load = build_load(fleet_config[0])
+    strap_step = FIXES_PER_DEVICE // 4 + 1
+    load = build_load(fleet_config[0], strap_step)
+    first_part = DEVICES * (FIXES_PER_DEVICE // 4)
     with tiny_journal_disk(tmp_path / "journal-disk") as store:
         mounted = store.pop("_mounted")
         async with (
@@ -329,12 +295,16 @@ async def test_journal_disk_full_with_postgres_down_backpressure_then_all_stored
             fleet_daemon(fleet_config, broker, pg_dsn, tmp_path,
                          journal=tmp_path / "journal-disk", store=store) as daemon,
         ):
+            acknowledged = await publish_reliably(
+                broker.host, broker.port, load.messages[:first_part],
+                client_id=new_client_id("t-fleet"), pace_per_second=TARGET_RATE_PER_SECOND)
+            await wait_until_processed(daemon, first_part)
             port = postgres.port
             await asyncio.to_thread(postgres.stop)
             try:
-                acknowledged = await publish_reliably(
-                    broker.host, broker.port, load.messages,
-                    client_id=new_client_id("t-fleet"))
+                acknowledged += await publish_reliably(
+                    broker.host, broker.port, load.messages[first_part:],
+                    client_id=new_client_id("t-fleet"), pace_per_second=TARGET_RATE_PER_SECOND)
                 # The journal fills up, then backpressure: the daemon stops acknowledging
                 # (rows wait in memory), so the broker stops delivering (its in-flight
                 # window) and holds the rest.
@@ -351,10 +321,13 @@ async def test_journal_disk_full_with_postgres_down_backpressure_then_all_stored
                         stalled_at, last = loop.time(), value
                     await asyncio.sleep(0.2)
                 metrics = await asyncio.to_thread(daemon.metrics)
+                opened_in_outage = {b["alert_id"] for b in watch.bodies
+                                    if b["transition"] == "opened"}
             finally:
                 await asyncio.to_thread(postgres.start)
             assert postgres.port == port
             await wait_all_stored(pg_dsn, load)
+            await daemon.wait_metric("emon_store_journalling", 0, CATCH_UP_SECONDS)
             await asyncio.sleep(1.0)
             assert await asyncio.to_thread(daemon.stop) == 0
             counts = await survived(pg_dsn, load, watch)
@@ -363,15 +336,18 @@ async def test_journal_disk_full_with_postgres_down_backpressure_then_all_stored
                  if k.startswith("emon_store_journal_write_errors_total"))
     appended = metrics.get("emon_store_journal_rows_appended_total", 0.0)
     buffered = metrics.get("emon_store_buffered_rows", 0.0)
-    report("journal disk full, PostgreSQL down", disk="tmpfs 256 KiB" if mounted else
-           "journal.max_bytes 1 MiB", sent=len(load.messages),
-           acknowledged_by_broker=acknowledged, handled_when_stalled=int(last),
-           journal_rows=int(appended), journal_write_errors=int(errors),
-           rows_waiting_in_memory=int(buffered), **counts)
+    report("PostgreSQL down under load, journal disk full",
+           disk="tmpfs 256 KiB" if mounted else "journal.max_bytes 1 MiB",
+           sent=len(load.messages), acknowledged_by_broker=acknowledged,
+           handled_before_outage=first_part, handled_when_stalled=int(last),
+           alerts_published_in_outage=len(opened_in_outage), journal_rows=int(appended),
+           journal_write_errors=int(errors), rows_waiting_in_memory=int(buffered), **counts)
+    assert acknowledged == len(load.messages)
+    assert opened_in_outage == load.alert_ids
     assert last < len(load.messages), "no backpressure: everything was taken"
     assert errors > 0
     assert appended > 0
     assert buffered > 0
-    assert log.count("cannot append to the journal") >= 1
-    assert "ERROR" in next(line for line in log.splitlines()
-                           if "cannot append to the journal" in line)
+    full = [line for line in log.splitlines() if "cannot append to the journal" in line]
+    assert len(full) >= 1
+    assert "ERROR" in full[0]
