@@ -141,7 +141,8 @@ class DeviceMessage:
 class _ReliablePublisher(asyncio.Protocol):
     """MQTT 3.1.1 QoS 1 publishing over one connection, batched per write like
     simulators/load.py's generator (aiomqtt manages about a twentieth of its rate here,
-    bench/bench_fault_publisher.py, and logs a warning per call beyond ten in flight); tracks which packet ids the broker acknowledged."""
+    bench/bench_fault_publisher.py, and logs a warning per call beyond ten in flight);
+    tracks which packet ids the broker acknowledged."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
