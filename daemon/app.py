@@ -231,6 +231,7 @@ class Daemon:
                     self._loaded, self._pipeline, pool,
                     self._publish_recorded, self._publish_and_wait,
                     leave=ConfigLeaveCalendar(lambda: self._pipeline.config),
+                    clock=self._clock.now,
                 )
             )
             self._alerting = alerting
