@@ -760,6 +760,7 @@ class Daemon:
             # Judged at the grid point this tick belongs to (daemon.ticks), as in replay.
             now = grid_floor(self._clock.now(), self._settings.tick_interval_seconds)
             outcome = self._pipeline.tick_outcome(now)
+            metrics.TICKS.inc()
             await self._store_zone_transitions(outcome)
             transitions = outcome.transitions
             if transitions:

@@ -21,6 +21,7 @@ MESSAGES_IGNORED = Counter(
 OBSERVATIONS_PROCESSED = Counter(
     "emon_observations_processed_total", "Observations evaluated by the core", ["kind"]
 )
+TICKS = Counter("emon_ticks_total", "Ticks run: time-driven rules judged (silence, schedules)")
 ENGINE_EVENTS = Counter(
     "emon_engine_events_total", "Noise-discipline decisions of the core (late, jump, ...)",
     ["event"],
