@@ -43,7 +43,6 @@ from pydantic import (
 from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
-from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.behavioursettings import (
     BehaviourSettings,
     CoOffenderGroupModel,
@@ -51,6 +50,7 @@ from daemon.behavioursettings import (
     check_behaviour,
     compile_behaviour,
 )
+from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.configparse import ConfigParseError, load_json
 from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems

@@ -40,6 +40,12 @@ def learn_moments(after: datetime | None, until: datetime, hour_utc: int) -> Ite
         moment += ONE_DAY
 
 
+def latest_learn_moment(now: datetime, hour_utc: int) -> datetime:
+    """The newest daily learning moment at or before `now`."""
+    moment = datetime.combine(now.astimezone(UTC).date(), time(hour_utc), tzinfo=UTC)
+    return moment if moment <= now else moment - ONE_DAY
+
+
 def learn_all(
     config: CoreConfig, history: Mapping[str, Sequence[HistoryFix]], moment: datetime
 ) -> list[LearnedPlaces]:

@@ -135,7 +135,6 @@ class GatheringRule:
         self._expiry: list[tuple[datetime, str]] = []
         self._index: GridIndex | None = None
         self._pairs: dict[tuple[str, str], _Pair] = {}
-        self._partners: dict[str, set[str]] = {}
         self._device_of: dict[str, str] = {}  # the device of each subject's newest placed fix
         self._judged_until: datetime | None = None
         self.dropped_late = 0
@@ -215,7 +214,7 @@ class GatheringRule:
             moved.add(subject_id)
         gone: set[str] = set()
         while self._expiry and self._expiry[0][0] < instant:
-            expires, subject_id = heapq.heappop(self._expiry)
+            _, subject_id = heapq.heappop(self._expiry)
             position = self._current.get(subject_id)
             if position is None:
                 continue
@@ -241,14 +240,11 @@ class GatheringRule:
             elif a in gone or b in gone or a in moved or b in moved:
                 findings += self._end(key, instant, tier_of)
         for key in sorted(together):
-            a, b = key
-            judged = pair_rule(params, a, b)
+            judged = pair_rule(params, *key)
             if judged is None:
                 continue
             rule, groups = judged
             self._pairs[key] = _Pair(rule, groups, instant, together[key])
-            self._partners.setdefault(a, set()).add(b)
-            self._partners.setdefault(b, set()).add(a)
         minimum = timedelta(seconds=settings.min_seconds)
         for key in sorted(self._pairs):
             pair = self._pairs[key]
@@ -262,9 +258,6 @@ class GatheringRule:
         self, key: tuple[str, str], instant: datetime, tier_of: Callable[[RuleId], Tier]
     ) -> list[Finding]:
         pair = self._pairs.pop(key)
-        a, b = key
-        self._partners.get(a, set()).discard(b)
-        self._partners.get(b, set()).discard(a)
         if not pair.raised:
             return []
         return self._findings(key, pair, FindingKind.CLEARED, instant, instant, 0.0, tier_of)
