@@ -54,7 +54,7 @@ def test_grid_index_returns_exactly_the_brute_force_neighbours(
         else:
             index.put(key, (x, y))
             where[key] = (x, y)
-    found = {k: d for k, d in index.within(centre, radius)}
+    found = dict(index.within(centre, radius))
     expected = {k for k, xy in where.items() if math.dist(centre, xy) <= radius}
     assert set(found) == expected
     assert len(index) == len(where)
@@ -154,9 +154,11 @@ def test_together_for_the_duration_raises_once_per_subject_and_clears_when_apart
     assert {(f.subject_id, f.zone_id) for f in raised} == {("a", "with:b"), ("b", "with:a")}
     assert all(f.rule is RuleId.CO_OFFENDER_GATHERING and f.at == START + timedelta(minutes=1)
                for f in raised)
-    assert "co-offender b" in raised[0].reason and "10 min" in raised[0].reason
+    assert "co-offender b" in raised[0].reason
+    assert "10 min" in raised[0].reason
     cleared = [f for f in findings if f.kind is FindingKind.CLEARED]
-    assert len(cleared) == 2 and cleared[0].at == START + timedelta(minutes=20)
+    assert len(cleared) == 2
+    assert cleared[0].at == START + timedelta(minutes=20)
 
 
 def test_a_stale_position_leaves_the_index() -> None:

@@ -64,7 +64,8 @@ def test_learner_finds_residence_and_workplace_and_ignores_outliers() -> None:
     assert abs(labels["residence"].lon - home_lonlat[0]) < 0.0005
     assert abs(labels["workplace"].lon - work_lonlat[0]) < 0.0005
     assert labels["residence"].share > labels["workplace"].share > 0.15
-    assert 2 in labels["residence"].hours and 11 in labels["workplace"].hours
+    assert 2 in labels["residence"].hours
+    assert 11 in labels["workplace"].hours
     assert learned.history_days == HISTORY_DAYS
     assert learned.armed(PARAMS)
 
@@ -90,7 +91,8 @@ def test_learner_samples_the_first_fix_of_each_bucket() -> None:
 def test_a_new_subject_is_not_armed() -> None:
     fixes = history(routine(DAY - timedelta(days=5), 5))
     learned = learn_frequent_places("a", fixes, TZ, PARAMS, local(4, day=DAY))
-    assert learned.places and learned.history_days == 5
+    assert learned.places
+    assert learned.history_days == 5
     assert not learned.armed(PARAMS)
 
 

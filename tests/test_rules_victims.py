@@ -50,8 +50,10 @@ def test_subject_walking_to_the_protected_person_raises_approach_then_proximity(
     transitions = replay(scenario(walking_in, victim_home), CONFIG, until=local(11))
     approach = opened(transitions, "victim_approach")
     proximity = opened(transitions, "victim_proximity")
-    assert len(approach) == 1 and approach[0]["tier"] == "high"
-    assert len(proximity) == 1 and proximity[0]["tier"] == "critical"
+    assert len(approach) == 1
+    assert approach[0]["tier"] == "high"
+    assert len(proximity) == 1
+    assert proximity[0]["tier"] == "critical"
     assert proximity[0]["zone_id"] == "protected:v1"
     assert proximity[0]["trigger"]["moved"] == "subject"
     assert "protected person v1" in proximity[0]["reason"]
@@ -94,7 +96,8 @@ def test_the_protected_persons_position_is_in_no_alert_and_no_log(
     assert opened(transitions, "victim_proximity")
     lon, lat = lonlat(*victim_home(0))
     text = json.dumps(transitions) + caplog.text
-    assert f"{lat:.4f}"[:7] not in text and f"{lon:.4f}"[:8] not in text
+    assert f"{lat:.4f}"[:7] not in text
+    assert f"{lon:.4f}"[:8] not in text
 
 
 def test_a_bad_protected_message_is_rejected_without_its_content() -> None:
@@ -103,13 +106,16 @@ def test_a_bad_protected_message_is_rejected_without_its_content() -> None:
     lon, lat = lonlat(0.0, 3000.0)
     bad = json.dumps({"ts": now.isoformat(), "lat": lat, "lon": 1000.0 + lon, "acc": 10})
     outcome = pipeline.handle(protected_topic("v1"), bad.encode(), now)
-    assert outcome.protected and outcome.rejection is not None
+    assert outcome.protected
+    assert outcome.rejection is not None
     assert outcome.observation is None
     assert str(lat)[:6] not in str(outcome.rejection)
     assert str(1000.0 + lon)[:6] not in str(outcome.rejection)
     good = json.dumps({"ts": now.isoformat(), "lat": lat, "lon": lon, "acc": 10})
     outcome = pipeline.handle(protected_topic("v1"), good.encode(), now)
-    assert outcome.protected and outcome.rejection is None and outcome.observation is None
+    assert outcome.protected
+    assert outcome.rejection is None
+    assert outcome.observation is None
     assert pipeline.engine.stats["protected_positions"] == 1
     outcome = pipeline.handle(protected_topic("nobody"), good.encode(), now)
     assert pipeline.engine.stats["protected_unknown"] == 1
