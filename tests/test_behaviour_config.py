@@ -39,7 +39,7 @@ def test_example_compiles_groups_protected_persons_and_tunables() -> None:
     behaviour = load_config(CONFIG_DIR, env={}).core.behaviour
     assert behaviour.co_offender_groups == {"case-2025-0417": frozenset({"s002", "s003"})}
     assert behaviour.shared_groups("s003", "s002") == {"case-2025-0417"}
-    assert behaviour.links_of["s001"] == (ProtectedLink("p-0001", "s001", 500.0, 500.0),)
+    assert behaviour.links_of["s003"] == (ProtectedLink("p-0001", "s003", 500.0, 500.0),)
     assert behaviour.gathering.min_seconds == 600.0
     assert behaviour.victims.stale_seconds == 600.0
     assert not behaviour.habits.enabled
@@ -48,7 +48,7 @@ def test_example_compiles_groups_protected_persons_and_tunables() -> None:
 
 def test_unknown_and_repeated_subjects_are_reported_with_their_line(config_copy: Path) -> None:
     edit(config_copy, "subjects.yaml", "subjects: [s002, s003]", "subjects: [s002, s009, s002]")
-    edit(config_copy, "subjects.yaml", "{subject: s001, radius_m", "{subject: s404, radius_m")
+    edit(config_copy, "subjects.yaml", "{subject: s003, radius_m", "{subject: s404, radius_m")
     problems = problems_of(config_copy)
     found = {(p.key, p.reason) for p in problems}
     assert ("co_offender_groups.0.subjects.1", "subject not defined") in found
