@@ -33,9 +33,14 @@ class BehaviourRules:
         self._projection = config.projection
 
     def on_fix(
-        self, config: CoreConfig, subject: SubjectSpec, fix: LocationFix, xy: tuple[float, float]
+        self,
+        config: CoreConfig,
+        subject: SubjectSpec,
+        fix: LocationFix,
+        xy: tuple[float, float],
+        now: datetime,
     ) -> list[Finding]:
-        """An evaluated, in-order fix of one of the subject's devices."""
+        """An evaluated, in-order fix of one of the subject's devices, arrived at `now`."""
         self._check_projection(config)
         params = config.behaviour
         tier_of = config.rules.tier
@@ -47,7 +52,7 @@ class BehaviourRules:
             )
         if params.gathering_enabled:
             self.gathering.add(
-                Position(subject.subject_id, fix.device_id, fix.ts, xy, fix.accuracy_m)
+                Position(subject.subject_id, fix.device_id, fix.ts, xy, fix.accuracy_m), now
             )
         if params.protected:
             findings += self.victims.on_fix(params, subject.subject_id, fix, xy, tier_of)

@@ -125,7 +125,7 @@ class Engine:
             # Issue 5 part B: behaviour rules see evaluated in-order fixes only.
             if state.last_fix is observation and state.last_xy is not None:
                 findings += self.behaviour.on_fix(
-                    self._config, ctx.subject, observation, state.last_xy
+                    self._config, ctx.subject, observation, state.last_xy, now
                 )
         else:
             findings += self._observe_event(ctx, observation)

@@ -36,6 +36,10 @@ STEP = timedelta(seconds=60)
 # An instant is judged once fixes taken by then have had this long to arrive (uploads come
 # every 1-5 minutes, DOMAIN.md §3).
 SETTLE = timedelta(minutes=5)
+# Data arriving within this long of being taken is live: instants are judged on the arrival
+# clock. A fleet whose newest data is older (a backlog, or a recorded day fed to a running
+# daemon) is judged on the arrival clock minus that lag, as the engine's schedules are.
+LIVE_LAG_TOLERANCE = timedelta(minutes=5)
 # Fixes kept per subject that are newer than the last judged instant (bounded: a device
 # replaying a long backlog keeps its newest).
 MAX_PENDING_FIXES = 64
@@ -137,11 +141,16 @@ class GatheringRule:
         self._pairs: dict[tuple[str, str], _Pair] = {}
         self._device_of: dict[str, str] = {}  # the device of each subject's newest placed fix
         self._judged_until: datetime | None = None
+        # The newest fix's ts and when it arrived: the fleet's own clock.
+        self._newest_ts: datetime | None = None
+        self._newest_arrival: datetime | None = None
         self.dropped_late = 0
         self.dropped_overflow = 0
 
-    def add(self, position: Position) -> None:
+    def add(self, position: Position, arrival: datetime) -> None:
         """A subject's fix, in any order; older than the last judged instant: dropped."""
+        if self._newest_ts is None or position.ts > self._newest_ts:
+            self._newest_ts, self._newest_arrival = position.ts, arrival
         if self._judged_until is not None and position.ts <= self._judged_until:
             self.dropped_late += 1
             return
@@ -162,7 +171,7 @@ class GatheringRule:
         """Judge every instant up to `now - SETTLE` not judged yet."""
         if not params.gathering_enabled:
             return []
-        limit = now - SETTLE
+        limit = now - SETTLE - self._lag()
         findings: list[Finding] = []
         if self._judged_until is None:
             if not self._due:
@@ -182,6 +191,12 @@ class GatheringRule:
             self._judged_until = instant
             instant += STEP
         return findings
+
+    def _lag(self) -> timedelta:
+        if self._newest_ts is None or self._newest_arrival is None:
+            return timedelta(0)
+        lag = self._newest_arrival - self._newest_ts
+        return lag if lag > LIVE_LAG_TOLERANCE else timedelta(0)
 
     def _judge(
         self, params: BehaviourParams, instant: datetime, tier_of: Callable[[RuleId], Tier]

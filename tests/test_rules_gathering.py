@@ -65,7 +65,7 @@ def run(
 ) -> list[Finding]:
     rule = GatheringRule()
     for position in fixes:
-        rule.add(position)
+        rule.add(position, position.ts + timedelta(seconds=2))
     end = until or max(p.ts for p in fixes) + timedelta(minutes=30)
     tier = DEFAULT_TIERS.__getitem__
     findings: list[Finding] = []
