@@ -37,7 +37,7 @@ from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.console.web import ConsoleService
-from daemon.habitlearning import fetch_history, latest_learn_moment, learn_all
+from daemon.habitlearning import latest_learn_moment, learn_from_store
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
@@ -512,11 +512,7 @@ class Daemon:
             return
         moment = latest_learn_moment(datetime.now(UTC), habits.learn_hour_utc)
         try:
-            history = await fetch_history(self._pool, habits, moment)
-            # CPU-bound for a large fleet: off the event loop.
-            learned = await asyncio.to_thread(
-                learn_all, self._pipeline.config, history, moment
-            )
+            learned = await learn_from_store(self._pool, self._pipeline.config, moment)
         except Exception:
             # Retried at the next daily run; the places learnt before stay in force.
             _LOGGER.exception("learning frequent places failed")

@@ -13,8 +13,9 @@ would need its own retention and access rules for no gain.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
 
@@ -69,6 +70,8 @@ class ReplayPlaceHistory:
         self._buckets: dict[str, dict[int, HistoryFix]] = {}
 
     def record(self, params: HabitParams, subject_id: str, fix: LocationFix) -> None:
+        if fix.accuracy_m > params.max_accuracy_m:
+            return  # as the store's query: imprecise fixes never take a bucket
         bucket = sample_bucket(fix.ts, params.sample_seconds)
         buckets = self._buckets.setdefault(subject_id, {})
         held = buckets.get(bucket)
@@ -96,22 +99,51 @@ ORDER BY subject_id, floor(extract(epoch FROM ts) / %(sample)s), ts, device_id
 """
 
 
-async def fetch_history(
+# Rows fetched from the server-side cursor per round trip.
+FETCH_ROWS = 5000
+
+
+async def subject_histories(
     pool: Any, params: HabitParams, moment: datetime
-) -> dict[str, list[HistoryFix]]:
-    """The learning sample from the ping store (read-only)."""
-    out: dict[str, list[HistoryFix]] = {}
-    async with pool.connection() as conn, conn.cursor() as cur:
-        await cur.execute(HISTORY_QUERY, {
-            "sample": params.sample_seconds,
-            "since": moment - timedelta(days=params.history_days),
-            "until": moment,
-            "max_acc": params.max_accuracy_m,
-        })
-        async for subject_id, ts, lat, lon, acc, device_id in cur:
-            out.setdefault(subject_id, []).append(
-                HistoryFix(ts.astimezone(UTC), lat, lon, float(acc), device_id)
-            )
-    for fixes in out.values():
-        fixes.sort(key=lambda f: f.ts)
-    return out
+) -> AsyncIterator[tuple[str, list[HistoryFix]]]:
+    """The learning sample from the ping store (read-only), one subject at a time, through
+    a server-side cursor: memory holds one subject's weeks, not the fleet's."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = conn.cursor(name="emon_learn_places")
+        try:
+            await cur.execute(HISTORY_QUERY, {
+                "sample": params.sample_seconds,
+                "since": moment - timedelta(days=params.history_days),
+                "until": moment,
+                "max_acc": params.max_accuracy_m,
+            })
+            current: str | None = None
+            fixes: list[HistoryFix] = []
+            while rows := await cur.fetchmany(FETCH_ROWS):
+                for subject_id, ts, lat, lon, acc, device_id in rows:
+                    if subject_id != current:
+                        if current is not None:
+                            yield current, sorted(fixes, key=lambda f: f.ts)
+                        current, fixes = subject_id, []
+                    fixes.append(HistoryFix(ts.astimezone(UTC), lat, lon, float(acc), device_id))
+            if current is not None:
+                yield current, sorted(fixes, key=lambda f: f.ts)
+        finally:
+            await cur.close()
+
+
+async def learn_from_store(
+    pool: Any, config: CoreConfig, moment: datetime
+) -> list[LearnedPlaces]:
+    """Every subject's places from the store: fetched one subject at a time and learnt in
+    a worker thread (CPU-bound), so neither memory nor the event loop carry the fleet."""
+    params = config.behaviour.habits
+    learned: list[LearnedPlaces] = []
+    async for subject_id, fixes in subject_histories(pool, params, moment):
+        subject = config.subjects.get(subject_id)
+        if subject is None:
+            continue  # stored pings of a subject no longer in the roster
+        learned.append(await asyncio.to_thread(
+            learn_frequent_places, subject_id, fixes, subject.timezone, params, moment
+        ))
+    return learned
