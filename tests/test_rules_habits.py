@@ -96,14 +96,18 @@ def test_a_new_subject_is_not_armed() -> None:
     assert not learned.armed(PARAMS)
 
 
-CONFIG = behaviour_config(["a"], BehaviourParams(habits=PARAMS))
-FIRST = DAY - timedelta(days=HISTORY_DAYS)
+# Replays learn from a week and arm after five days (defaults: four weeks, fourteen days),
+# so the scenarios stay short; the learner and the arming are the same code.
+REPLAY_DAYS = 7
+REPLAY_PARAMS = HabitParams(enabled=True, history_days=REPLAY_DAYS, min_history_days=5)
+CONFIG = behaviour_config(["a"], BehaviourParams(habits=REPLAY_PARAMS))
+FIRST = DAY - timedelta(days=REPLAY_DAYS)
 
 
 @pytest.fixture(scope="module")
 def anomalous_day() -> list[dict[str, Any]]:
-    # 16 routine days, then a day with five hours (11:00-16:00) 10 km away.
-    fixes = routine(FIRST, HISTORY_DAYS + 1, away_on_last=range(11, 16))
+    # A routine week, then a day with five hours (11:00-16:00) 10 km away.
+    fixes = routine(FIRST, REPLAY_DAYS + 1, away_on_last=range(11, 16))
     return replay(fixes, CONFIG, until=local(23, day=DAY))
 
 
@@ -124,10 +128,10 @@ def test_replay_learns_the_places_and_raises_on_a_day_far_from_them(
 
 
 def test_replay_of_ordinary_days_stays_quiet() -> None:
-    fixes = routine(FIRST, HISTORY_DAYS + 1)
+    fixes = routine(FIRST, REPLAY_DAYS + 1)
     assert not opened(replay(fixes, CONFIG, until=local(23, day=DAY)), "trajectory_anomaly")
 
 
 def test_without_enough_history_the_rule_is_not_armed() -> None:
-    fixes = routine(DAY - timedelta(days=6), 7, away_on_last=range(8, 20))
+    fixes = routine(DAY - timedelta(days=3), 4, away_on_last=range(8, 20))
     assert not opened(replay(fixes, CONFIG, until=local(23, day=DAY)), "trajectory_anomaly")

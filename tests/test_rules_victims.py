@@ -10,10 +10,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.pipeline import Pipeline
 from daemon.protectedwire import protected_topic
 from geofence.behaviour_config import BehaviourParams
+from geofence.engine import Engine
 from tests.behaviour_helpers import (
     at_xy,
     behaviour_config,
@@ -119,3 +122,29 @@ def test_a_bad_protected_message_is_rejected_without_its_content() -> None:
     assert pipeline.engine.stats["protected_positions"] == 1
     outcome = pipeline.handle(protected_topic("nobody"), good.encode(), now)
     assert pipeline.engine.stats["protected_unknown"] == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    subject_track=st.lists(st.tuples(st.floats(-400.0, 400.0), st.floats(-400.0, 400.0),
+                                     st.floats(1.0, 150.0)), min_size=2, max_size=30),
+    victim_track=st.lists(st.tuples(st.floats(-400.0, 400.0), st.floats(-400.0, 400.0),
+                                    st.floats(1.0, 150.0)), min_size=2, max_size=30),
+)
+def test_never_raised_beyond_the_band_plus_both_accuracies(
+    subject_track: list[tuple[float, float, float]],
+    victim_track: list[tuple[float, float, float]],
+) -> None:
+    # The protected person stays 2,800 m or more away: beyond 500 + 500 m + 2 x 150 m.
+    engine = Engine(CONFIG)
+    findings = []
+    for i, ((sx, sy, sacc), (vx, vy, vacc)) in enumerate(
+        zip(subject_track, victim_track, strict=False)
+    ):
+        ts = local(10, i)
+        fix = at_xy("a", (sx, sy), ts, sacc)
+        findings += engine.observe(fix, fix.received_at)
+        position = protected_at("v1", (vx, vy + 3600.0), ts + timedelta(seconds=20), vacc)
+        findings += engine.observe_protected(position, position.received_at)
+    assert not [f for f in findings if f.rule.value.startswith("victim")]
+    assert engine.stats["protected_positions"] == min(len(subject_track), len(victim_track))
