@@ -19,7 +19,7 @@ class BehaviourRules:
     def __init__(self, stats: Counter[str]) -> None:
         self._stats = stats
         self.habits = HabitRule()
-        self.gathering = GatheringRule()
+        self.gathering = GatheringRule(stats)
         self.victims = VictimRule()
         self._projection: object | None = None
 
@@ -27,7 +27,7 @@ class BehaviourRules:
         # Positions are kept in the config's metres; a reload that moves the projection
         # (new zones) makes them meaningless: forget them, the next fixes place everyone.
         if self._projection is not None and self._projection != config.projection:
-            self.gathering = GatheringRule()
+            self.gathering = GatheringRule(self._stats)
             self.victims = VictimRule()
             self._stats["behaviour_positions_reset"] += 1
         self._projection = config.projection

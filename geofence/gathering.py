@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -132,7 +133,9 @@ def grid_instant_ceil(at: datetime) -> datetime:
 
 
 class GatheringRule:
-    def __init__(self) -> None:
+    def __init__(self, stats: Counter[str] | None = None) -> None:
+        # Drops are counted in the engine's statistics (exported as metrics by the daemon).
+        self._stats: Counter[str] = stats if stats is not None else Counter()
         self._pending: dict[str, list[Position]] = {}
         self._due: list[tuple[datetime, str]] = []  # (ts of a pending fix, subject)
         self._current: dict[str, Position] = {}
@@ -144,15 +147,13 @@ class GatheringRule:
         # The newest fix's ts and when it arrived: the fleet's own clock.
         self._newest_ts: datetime | None = None
         self._newest_arrival: datetime | None = None
-        self.dropped_late = 0
-        self.dropped_overflow = 0
 
     def add(self, position: Position, arrival: datetime) -> None:
         """A subject's fix, in any order; older than the last judged instant: dropped."""
         if self._newest_ts is None or position.ts > self._newest_ts:
             self._newest_ts, self._newest_arrival = position.ts, arrival
         if self._judged_until is not None and position.ts <= self._judged_until:
-            self.dropped_late += 1
+            self._stats["gathering_fix_late"] += 1
             return
         pending = self._pending.setdefault(position.subject_id, [])
         keys = [(p.ts, p.device_id) for p in pending]
@@ -162,7 +163,7 @@ class GatheringRule:
         pending.insert(index, position)
         if len(pending) > MAX_PENDING_FIXES:
             del pending[0]
-            self.dropped_overflow += 1
+            self._stats["gathering_pending_overflow"] += 1
         heapq.heappush(self._due, (position.ts, position.subject_id))
 
     def judge_until(

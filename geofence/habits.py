@@ -250,6 +250,7 @@ class _SubjectDay:
     last_ts: datetime | None = None
     last_far: bool = False
     day: date | None = None
+    day_start: datetime | None = None  # the local day's midnight, in UTC
     far_seconds: float = 0.0
     raised: bool = False
     raised_device: str = ""
@@ -299,8 +300,8 @@ class HabitRule:
         far = min(d for _, d in distances) - fix.accuracy_m > params.far_m
         local = fix.ts.astimezone(timezone)
         findings: list[Finding] = []
-        day_start = datetime.combine(local.date(), time(0), timezone).astimezone(UTC)
-        if state.day != local.date():
+        if state.day != local.date() or state.day_start is None:
+            day_start = datetime.combine(local.date(), time(0), timezone).astimezone(UTC)
             if state.raised:
                 findings.append(self._finding(
                     tier_of, subject_id, state.raised_device, FindingKind.CLEARED, day_start,
@@ -309,7 +310,8 @@ class HabitRule:
                     "A new day began; the count of time away from the usual places restarts.",
                 ))
                 state.raised = False
-            state.day, state.far_seconds = local.date(), 0.0
+            state.day, state.day_start, state.far_seconds = local.date(), day_start, 0.0
+        day_start = state.day_start
         if state.last_far and far and state.last_ts is not None:
             begun = max(state.last_ts, day_start)
             gap = (fix.ts - begun).total_seconds()

@@ -5,6 +5,7 @@ deterministic), and replay scenarios where co-offenders meet and where they do n
 from __future__ import annotations
 
 import math
+from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -207,3 +208,14 @@ def test_replay_control_not_co_offenders_or_not_close_stays_quiet() -> None:
                 if "gathering" in t["rule"]]
     assert not [t for t in replay(meeting("b", 150.0), CONFIG, until=local(21, 30))
                 if "gathering" in t["rule"]]
+
+
+def test_a_fix_older_than_the_judged_instants_is_dropped_and_counted() -> None:
+    stats: Counter[str] = Counter()
+    rule = GatheringRule(stats)
+    for position in track("a", [(0.0, 0.0, 5.0)] * 10, 0):
+        rule.add(position, position.ts)
+    rule.judge_until(PARAMS, START + timedelta(minutes=20), DEFAULT_TIERS.__getitem__)
+    late = Position("b", "tag-b", START + timedelta(minutes=2), (0.0, 0.0), 5.0)
+    rule.add(late, START + timedelta(minutes=20))
+    assert stats["gathering_fix_late"] == 1
