@@ -11,8 +11,9 @@ daemon):
 - full rule set: the same, plus every issue-5 rule on this branch: frequent places learnt
   (two per subject, armed) with the trajectory-anomaly rule, 5 % of the subjects in
   co-offender groups of two or three (half of the groups meet) with `any_subjects` on too
-  (every pair in the fleet is judged), and one protected person per 200 subjects linked to
-  one subject, whose phone reports every minute.
+  (every pair in the fleet is judged; `--no-any-subjects`: co-offenders only, the default
+  config), and one protected person per 200 subjects linked to one subject, whose phone
+  reports every minute.
 
 Reported: CPU microseconds per subject ping (best of `--rounds`; process time, because on a
 small shared machine wall time mostly measures the other processes), ticks included, the
@@ -106,7 +107,7 @@ def fleet(n: int, rng: random.Random) -> tuple[dict[str, Zone], dict[str, Subjec
     return zones, subjects, homes
 
 
-def behaviour(subject_ids: list[str], rng: random.Random) -> BehaviourParams:
+def behaviour(subject_ids: list[str], rng: random.Random, any_subjects: bool) -> BehaviourParams:
     grouped = subject_ids[: int(len(subject_ids) * GROUP_SHARE)]
     groups: dict[str, frozenset[str]] = {}
     index = 0
@@ -120,7 +121,7 @@ def behaviour(subject_ids: list[str], rng: random.Random) -> BehaviourParams:
     }
     return BehaviourParams(
         habits=HabitParams(enabled=True),
-        gathering=GatheringParams(any_subjects=True),
+        gathering=GatheringParams(any_subjects=any_subjects),
         co_offender_groups=groups,
         protected=protected,
     )
@@ -219,21 +220,26 @@ def main() -> int:
     parser.add_argument("--minutes", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seed", type=int, default=20261122)
+    parser.add_argument("--no-any-subjects", action="store_true",
+                        help="judge co-offender pairs only (the default config)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     zones, subjects, homes = fleet(args.subjects, rng)
-    full_params = behaviour(sorted(subjects), rng)
+    full_params = behaviour(sorted(subjects), rng, not args.no_any_subjects)
     rules = RuleParams(devices=dict(DEFAULT_DEVICE_THRESHOLDS))
     zone_only = CoreConfig("zone-only", PROJECTION, zones, subjects, rules)
     full = CoreConfig("full", PROJECTION, zones, subjects, rules, behaviour=full_params)
     feed = messages(homes, full_params, args.minutes, rng)
-    subject_feed = [m for m in feed if isinstance(m, LocationFix)]
+    subject_feed: list[LocationFix | ProtectedPosition] = [
+        m for m in feed if isinstance(m, LocationFix)
+    ]
     learned = places(homes)
     print(f"machine: {os.cpu_count()} cores, load average "
           f"{' '.join(f'{v:.1f}' for v in os.getloadavg())}")
     print(f"fleet: {args.subjects} subjects, {len(full_params.co_offender_groups)} co-offender "
           f"groups, {len(full_params.protected)} protected persons; {len(subject_feed)} subject "
-          f"pings + {len(feed) - len(subject_feed)} protected positions over {args.minutes} min")
+          f"pings + {len(feed) - len(subject_feed)} protected positions over {args.minutes} min; "
+          f"any_subjects {'off' if args.no_any_subjects else 'on'}")
     best: dict[str, float] = {}
     for _ in range(args.rounds):
         for name, config, items, places_in in (
