@@ -31,6 +31,7 @@ from typing import Any
 import aiomqtt
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from alerts.model import AlertTransition, Tier
 from daemon import metrics
@@ -43,7 +44,7 @@ from daemon.habitlearning import latest_learn_moment, learn_from_store
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
-from daemon.protectedwire import PROTECTED_SUBSCRIPTION
+from daemon.protectedwire import PROTECTED_SUBSCRIPTION, is_protected_topic
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
@@ -468,10 +469,19 @@ class Daemon:
         stage = self._handle_stage
         topic = message.topic.value
         metrics.MESSAGES_FAILED.labels(stage).inc()
+        frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+        assert self._writer is not None
+        if is_protected_topic(topic):
+            # A protected person's position is never stored, dead-lettered or logged (issue
+            # 5), not even its topic: counted and dropped.
+            _LOGGER.error(
+                "handling a protected person's message failed at %s (%s); dropped\n%s",
+                stage, type(exc).__name__, frames,
+            )
+            return self._writer.seq
         _LOGGER.error(
             "handling a message on %s failed at %s (%s); dead-lettered as internal_error\n%s",
-            topic, stage, type(exc).__name__,
-            "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+            topic, stage, type(exc).__name__, frames,
         )
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
@@ -485,7 +495,6 @@ class Daemon:
             )
         )
         await done
-        assert self._writer is not None
         return self._writer.seq
 
     async def _watch_clock(self) -> None:
@@ -505,9 +514,12 @@ class Daemon:
             return
         wall_now = datetime.now(UTC)
         for job in scheduler.get_jobs():
-            due = wall_now
             if job.id == "emon-tick":
                 due = grid_ceil(wall_now, self._settings.tick_interval_seconds)
+            elif isinstance(job.trigger, IntervalTrigger):
+                due = wall_now
+            else:  # a daily job (place learning): its next time of day, not at once
+                due = job.trigger.get_next_fire_time(None, wall_now)
             with contextlib.suppress(Exception):  # a job removed meanwhile (shutdown)
                 job.modify(next_run_time=due)
 
@@ -579,7 +591,7 @@ class Daemon:
         habits = self._pipeline.config.behaviour.habits
         if not habits.enabled or self._pool is None:
             return
-        moment = latest_learn_moment(datetime.now(UTC), habits.learn_hour_utc)
+        moment = latest_learn_moment(self._clock.now(), habits.learn_hour_utc)
         try:
             learned = await learn_from_store(self._pool, self._pipeline.config, moment)
         except Exception:

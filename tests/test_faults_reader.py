@@ -125,3 +125,40 @@ def _async(check: Any) -> Any:
     async def run() -> bool:
         return bool(check())
     return run
+
+
+async def test_a_protected_persons_message_that_raises_is_counted_and_dropped_unlogged(
+    mosquitto: MosquittoProcess, pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 5: a protected person's position is never stored, dead-lettered or logged;
+    the guard keeps to that: counted, logged without the topic or the position, dropped."""
+    caplog.set_level(logging.INFO)
+    protected_id = "v-fault-test"
+    protected_topic = f"emon/v1/protected/{protected_id}/location"
+    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
+            "client_id": f"emon-fault-reader-{uuid.uuid4().hex[:8]}"}
+    loaded = daemon_config(CONFIG_DIR, dsn=pg_dsn, mqtt=mqtt)
+    failed_before = metric("emon_messages_failed_total", stage="evaluate")
+    async with aiomqtt.Client(mosquitto.host, mosquitto.port,
+                              identifier=f"t-watch-{uuid.uuid4().hex[:8]}") as client:
+        await client.subscribe("emon/v1/deadletter/#", qos=1)
+        async with running_daemon(loaded) as daemon:
+            pipeline = daemon._pipeline
+            original = pipeline.handle
+
+            def poisoned(topic: str, payload: bytes, received_at: datetime) -> Any:
+                if topic == protected_topic:
+                    raise RuntimeError(f"injected failure for {payload!r}")
+                return original(topic, payload, received_at)
+
+            pipeline.handle = poisoned  # type: ignore[method-assign]
+            await client.publish(protected_topic, fix(datetime.now(UTC)), qos=1)
+            await until(_async(lambda: metric("emon_messages_failed_total", stage="evaluate")
+                               - failed_before == 1), "the failure counted")
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await anext(aiter(client.messages))  # no dead letter
+    texts = log_texts(caplog)
+    assert any("protected person's message failed" in t for t in texts)
+    assert not [t for t in texts if protected_id in t]
+    assert leaks(texts, [LAT, LON], []) == []
