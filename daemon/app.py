@@ -40,6 +40,7 @@ from daemon.console.web import ConsoleService
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
+from daemon.ratelimit import RateLimiter, rate_limit_middleware
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
@@ -232,12 +233,15 @@ class Daemon:
                 silence_max_seconds=self._loaded.policies.silences.max_seconds,
             )
             actions.on_silence_change = alerting.sweep_soon
+            actions.reload_status = self._reloader.status.to_json
+            actions.reload_requested = self._reloader.request_reload
             self._commands = CommandHandler(actions, self._reply)
             console = ConsoleService(self._loaded, self._pipeline, actions, pool)
             http = await stack.enter_async_context(
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
                     [*api_routes(actions), *console.routes()],
+                    [rate_limit_middleware(RateLimiter(self._settings.rate_limit))],
                 )
             )
             self.http_port = http.bound_port
