@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Final
 
-from alerts.policy import Role
+from alerts.policy import Directory, OfficerInfo, Role
 
 
 class TokenRole(StrEnum):
@@ -88,3 +88,16 @@ def refusal(role: Role, permission: Permission) -> str:
 
 def has_caseload(role: Role) -> bool:
     return role in CASELOAD_ROLES
+
+
+def in_caseload(directory: Directory, caller: OfficerInfo, owner: str | None) -> bool:
+    """Whether a subject whose officer is `owner` is in the caller's scope: command sees
+    everyone, a supervisor their team's subjects, an officer their own; roles without a
+    caseload (operator, admin) nobody, whatever their id."""
+    if not has_caseload(caller.role):
+        return False
+    if caller.role is Role.COMMAND:
+        return True
+    if owner is None:
+        return False
+    return owner == caller.officer_id or owner in directory.team_of(caller.officer_id)

@@ -32,7 +32,14 @@ from alerts.model import Alert, AlertTransition, Disposition, RuleId
 from alerts.policy import OfficerInfo, Role
 from alerts.suppression import Silence
 from daemon import alert_metrics
-from daemon.access import Permission, TokenRole, allows, has_caseload, refusal, role_for_token
+from daemon.access import (
+    Permission,
+    TokenRole,
+    allows,
+    in_caseload,
+    refusal,
+    role_for_token,
+)
 from daemon.pipeline import Pipeline
 from daemon.store.access_repo import AUDIT_LIMIT_MAX, AuditQuery, new_token
 from daemon.store.errors import StoreError
@@ -176,16 +183,10 @@ class OfficerActions:
         return subject.officer_id if subject is not None else None
 
     def may_see_subject(self, caller: Caller, subject_id: str) -> bool:
-        officer = caller.officer
-        if not has_caseload(officer.role):
-            return False  # operator and admin tokens have no caseload, whatever their id
-        if officer.role is Role.COMMAND:
-            return True
-        owner = self._officer_of_subject(subject_id)
-        if owner is None:
-            return False
-        directory = self._pipeline.config.alerting.directory
-        return owner == officer.officer_id or owner in directory.team_of(officer.officer_id)
+        return in_caseload(
+            self._pipeline.config.alerting.directory, caller.officer,
+            self._officer_of_subject(subject_id),
+        )
 
     def may_see(self, caller: Caller, alert: Alert) -> bool:
         return self.may_see_subject(caller, alert.subject_id)
