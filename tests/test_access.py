@@ -188,6 +188,7 @@ def _refused_count(role: str, permission: str) -> float:
     return value or 0.0
 
 
+@pytest.mark.services
 async def test_roles_enforced_over_http_and_console_and_audited(env: Env) -> None:
     s001 = env.alert_of["s001"]
     before = _refused_count("operator", "alerts_read")
@@ -275,6 +276,7 @@ async def test_roles_enforced_over_http_and_console_and_audited(env: Env) -> Non
 # ---------------------------------------------------------------------- rate limit over HTTP
 
 
+@pytest.mark.services
 async def test_rate_limit_429_with_retry_after_for_guessers_and_chatty_tokens(
     pg_dsn: str, tmp_path: Path
 ) -> None:
@@ -334,6 +336,7 @@ async def test_rate_limit_429_with_retry_after_for_guessers_and_chatty_tokens(
 # ---------------------------------------------------------------------- CLI: track and audit
 
 
+@pytest.mark.services
 async def test_cli_track_read_is_audited_with_caller_and_emon_audit_lists_it(
     pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -411,6 +414,7 @@ async def _alert(dsn: str, state: str, resolved_at: datetime | None, opened_at: 
     return alert_id
 
 
+@pytest.mark.services
 async def test_retention_per_data_class_and_audit_log_shortened_only_by_it(
     pg_dsn: str,
 ) -> None:
