@@ -12,9 +12,12 @@ Layouts:
   once wholly older than the table's retention (`emon_drop_day_partitions`).
 * TimescaleDB: chunks are created by TimescaleDB; retention and compression are
   TimescaleDB policies (jobs run by the extension), set from settings at start-up.
-Both: resolved alerts past `resolved_alerts_days` are deleted with their history, and
-rollups older than `rollups_days`; the rollups of the last `rollup_lookback_hours` are
-recomputed (late, store-and-forward pings and transitions are folded in).
+Both: resolved alerts past `resolved_alerts_days` are deleted with their history (open
+ones never), finished notifications, ended sessions and silences and rejected rows past
+theirs, the audit log through `emon_purge_audit_log` (the one DELETE its trigger allows, and
+only for rows older than a year), and rollups older than `rollups_days`; each deletion is
+recorded as a `retention.purge` audit row. The rollups of the last `rollup_lookback_hours`
+are recomputed (late, store-and-forward pings and transitions are folded in).
 """
 
 from __future__ import annotations
