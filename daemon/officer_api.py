@@ -9,9 +9,9 @@ An alert outside the caller's scope answers 404, exactly like one that does not 
 token cannot even learn that another officer's subject has an alert. Tokens carry a role
 (daemon/access.py): operator tokens reach config and silences, admin tokens tokens and the
 audit log (`/tokens`, `/audit`), neither any alert or location; a role lacking a permission
-gets 403 with the reason. Every action and every read goes to the audit log. Actions change the daemon's AlertBook (the single writer) and
-are recorded and published like any transition; the answer says whether the database has
-it yet.
+gets 403 with the reason. Every action and every read goes to the audit log. Actions
+change the daemon's AlertBook (the single writer) and are recorded and published like any
+transition; the answer says whether the database has it yet.
 """
 
 from __future__ import annotations

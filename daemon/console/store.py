@@ -34,9 +34,9 @@ from daemon.store.access_repo import (
 from daemon.store.pool import Pool
 
 TRANSACTION_TIMEOUT_SECONDS = 10.0
-# Ended or expired sign-ins are kept this long (then pruned at a sign-in); the audit log
-# keeps the sign-in and sign-out for good.
-SESSION_KEEP_DAYS = 30
+# Ended or expired sign-ins are deleted by the store's maintenance job after
+# `retention.console_sessions_days` (daemon/store/maintenance.py); the audit log keeps the
+# sign-in and sign-out for its own, longer retention.
 SESSION_PREFIX = "emcs_"
 
 _T = TypeVar("_T")
@@ -118,10 +118,6 @@ class ConsoleStore:
             expires_at = min(expires_at, grant.expires_at)
 
         async def body(conn: AsyncConnection[TupleRow]) -> None:
-            await conn.execute(
-                "DELETE FROM console_sessions WHERE expires_at < %s",
-                [now - timedelta(days=SESSION_KEEP_DAYS)],
-            )
             await conn.execute(
                 "INSERT INTO console_sessions (session_sha256, token_id, officer_id,"
                 " created_at, expires_at, source) VALUES (%s, %s, %s, %s, %s, %s)",
