@@ -271,6 +271,18 @@ async def test_roles_enforced_over_http_and_console_and_audited(env: Env) -> Non
     # The reload the operator asked for ran (unchanged files: same version).
     await eventually(lambda: env.daemon._reloader.status.last_attempt_at is not None,
                      what="reload attempted")
+    # The daemon's own limits (settings.yaml defaults): ten refused credentials from this
+    # address (the revoked token above was one), then 429 with Retry-After, even for a
+    # right token.
+    csrf = {"X-Emon-Console": "1"}
+    for _ in range(9):
+        status, _body = await env.call(None, "POST", "/console/api/session",
+                                       {"token": "emon_" + uuid.uuid4().hex}, csrf)
+        assert status == 401
+    async with env.http.post(env.base + "/console/api/session", headers=csrf,
+                             json={"token": env.tokens["off-li"]}) as response:
+        assert response.status == 429
+        assert int(response.headers["Retry-After"]) >= 1
 
 
 # ---------------------------------------------------------------------- rate limit over HTTP
