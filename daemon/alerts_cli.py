@@ -188,6 +188,12 @@ def _cmd_token(args: argparse.Namespace) -> int:
                     print(f"{row['token_id']}  {row['officer_id']:12} {row['role']:8} "
                           f"{state:8} {row['label']!r} created {row['created_at']:%Y-%m-%d}")
                 return 0
+            if args.token_id is None:
+                revoked = await store.revoke_person(
+                    args.officer, actor=caller.actor, source=caller.source
+                )
+                print(f"revoked {len(revoked)} token(s) of {args.officer}", file=sys.stderr)
+                return 0 if revoked else 1
             ok = await store.revoke_token(args.token_id, actor=caller.actor, source=caller.source)
             print("revoked" if ok else "no such active token", file=sys.stderr)
             return 0 if ok else 1
@@ -260,8 +266,11 @@ def add_parsers(sub: Any, default_config: Path) -> None:
                         help="0 for no expiry (default 90)")
     t_list = token_sub.add_parser("list", help="tokens (never their values)")
     t_list.add_argument("--officer", default=None, help="only this person's tokens")
-    revoke = token_sub.add_parser("revoke", help="revoke a token by id")
-    revoke.add_argument("token_id")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id, or all of a person's")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("token_id", nargs="?", default=None)
+    which.add_argument("--officer", default=None,
+                       help="every active token of this person (officer, operator or admin id)")
     for p in (create, t_list, revoke):
         p.add_argument("--config", type=Path, default=default_config)
         p.set_defaults(func=_cmd_token)

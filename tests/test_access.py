@@ -399,6 +399,14 @@ async def test_cli_track_read_is_audited_with_caller_and_emon_audit_lists_it(
     made = await rows(pg_dsn, "SELECT role, officer_id, created_by FROM api_tokens")
     assert made[0][:2] == ("operator", "ops-zhang")
     assert made[0][2].startswith("os:")
+    # Offboarding: every token of a person at once, each revocation on record.
+    assert await asyncio.to_thread(emon_main, [
+        "token", "revoke", "--officer", "ops-zhang", "--config", str(directory)]) == 0
+    assert await scalar(pg_dsn, "SELECT count(*) FROM api_tokens WHERE revoked_at IS NULL") == 0
+    assert await scalar(pg_dsn, "SELECT count(*) FROM audit_log WHERE action = 'token.revoke'"
+                        " AND detail->>'officer_id' = 'ops-zhang'") == 1
+    assert await asyncio.to_thread(emon_main, [
+        "token", "revoke", "--officer", "ops-zhang", "--config", str(directory)]) == 1
 
 
 def _run_to_file(path: Path, argv: list[str]) -> int:

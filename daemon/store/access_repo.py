@@ -208,6 +208,24 @@ class AccessStore:
 
         return await self._run("revoking a token", body)
 
+    async def revoke_person(self, principal: str, *, actor: str, source: str) -> list[str]:
+        """Revoke every active token of one person (they left, or a device was lost and
+        nobody knows which token was on it); one audit row per token, one transaction."""
+
+        async def body(conn: AsyncConnection[Any]) -> list[str]:
+            cur = await conn.execute(
+                "UPDATE api_tokens SET revoked_at = now()"
+                " WHERE officer_id = %s AND revoked_at IS NULL RETURNING token_id::text, role",
+                [principal],
+            )
+            revoked = await cur.fetchall()
+            for token_id, role in revoked:
+                await insert_audit(conn, actor, "token.revoke", str(token_id), source,
+                                   {"officer_id": principal, "role": role, "all_of_person": True})
+            return [str(r[0]) for r in revoked]
+
+        return await self._run("revoking a person's tokens", body)
+
     # ------------------------------------------------------------------ audit
 
     async def audit(
