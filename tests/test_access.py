@@ -393,6 +393,15 @@ async def test_cli_track_read_is_audited_with_caller_and_emon_audit_lists_it(
     assert audit_reads[0][0] == "sup-wang"
     assert audit_reads[0][1]["rows"] == 2
     assert audit_reads[0][1]["subject_id"] == "s001"
+    # The what-if replays everyone's stored pings: recorded before the first row is read.
+    assert await asyncio.to_thread(_run_to_file, tmp_path / "diff", [
+        "config", "diff", str(directory), str(directory), "--quiet",
+        "--from", "2026-11-20T00:00+00:00", "--to", "2026-11-21T00:00+00:00"]) == 0
+    replays = await rows(pg_dsn, "SELECT actor, object, source, detail FROM audit_log"
+                         " WHERE action = 'pings.read'")
+    assert len(replays) == 1
+    assert replays[0][0].startswith("os:")
+    assert replays[0][3]["purpose"] == "config diff"
     # Tokens made on the host: role and who made it are recorded.
     assert await asyncio.to_thread(_run_to_file, tmp_path / "tok", [
         "token", "create", "--operator", "ops-zhang", "--config", str(directory)]) == 0
