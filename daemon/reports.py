@@ -25,7 +25,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from daemon.access import in_caseload
-from daemon.access_cli import CliAccessError, add_as_argument, cli_caller
+from daemon.access_cli import CliAccessError, CliCaller, add_as_argument, cli_caller
 from daemon.configfiles import ConfigError, LoadedConfig, load_config
 from daemon.store import rollup
 from daemon.store.access_repo import insert_audit
@@ -185,6 +185,7 @@ async def compliance(
     *,
     refresh: bool = False,
     now: datetime | None = None,
+    caller: CliCaller | None = None,
 ) -> list[dict[str, Any]]:
     """Per-subject figures of one local day: stored rollups, computed where missing.
 
@@ -212,6 +213,11 @@ async def compliance(
             alerts: dict[str, Counter[str]] = {}
             for subject_id, tier, count in await cur.fetchall():
                 alerts.setdefault(subject_id, Counter())[tier] = int(count)
+            if caller is not None:
+                # Per-subject figures (curfew away, time in exclusion zones), no positions;
+                # still about people, so on record like any read.
+                await insert_audit(conn, caller.actor, "report.compliance", day.isoformat(),
+                                   caller.source, {"subjects": len(ids), "refresh": refresh})
     except psycopg.Error as exc:
         raise ReportError(f"compliance query failed: {exc}") from exc
     out: list[dict[str, Any]] = []
@@ -299,7 +305,13 @@ def _cmd_compliance(args: argparse.Namespace) -> int:
             day = date.fromisoformat(args.day)
         except ValueError:
             raise ReportError(f"not a date: {args.day!r}") from None
-        rows = asyncio.run(compliance(_dsn(loaded), loaded, day, refresh=args.refresh))
+        try:
+            caller = cli_caller(args.as_officer, loaded)
+        except CliAccessError as exc:
+            raise ReportError(str(exc)) from exc
+        rows = asyncio.run(
+            compliance(_dsn(loaded), loaded, day, refresh=args.refresh, caller=caller)
+        )
     except ReportError as exc:
         print(f"emon report compliance: {exc}", file=sys.stderr)
         return 2
@@ -378,6 +390,7 @@ def add_parsers(
     comp.add_argument("--json", action="store_true", help="one JSON object per subject")
     comp.add_argument("--refresh", action="store_true",
                       help="recompute from the raw tables and store the result")
+    add_as_argument(comp, "read the report")
     comp.set_defaults(func=_cmd_compliance)
 
     maintain = db_sub.add_parser(

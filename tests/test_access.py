@@ -393,6 +393,12 @@ async def test_cli_track_read_is_audited_with_caller_and_emon_audit_lists_it(
     assert audit_reads[0][0] == "sup-wang"
     assert audit_reads[0][1]["rows"] == 2
     assert audit_reads[0][1]["subject_id"] == "s001"
+    # The compliance report (figures per subject, no positions) is on record too.
+    assert await asyncio.to_thread(_run_to_file, tmp_path / "report", [
+        "report", "compliance", "--day", "2026-11-20", "--config", str(directory),
+        "--as", "cmd-futian"]) == 0
+    assert await rows(pg_dsn, "SELECT actor, object FROM audit_log"
+                      " WHERE action = 'report.compliance'") == [("cmd-futian", "2026-11-20")]
     # The what-if replays everyone's stored pings: recorded before the first row is read.
     assert await asyncio.to_thread(_run_to_file, tmp_path / "diff", [
         "config", "diff", str(directory), str(directory), "--quiet",
