@@ -160,6 +160,7 @@ class Daemon:
             loaded.directory, loaded, self._apply_config, self._publish_operators,
             record=self._record_config_version,
         )
+        self._rate_limiter = RateLimiter(loaded.settings.rate_limit)
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -241,7 +242,7 @@ class Daemon:
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
                     [*api_routes(actions), *console.routes()],
-                    [rate_limit_middleware(RateLimiter(self._settings.rate_limit))],
+                    [rate_limit_middleware(self._rate_limiter)],
                 )
             )
             self.http_port = http.bound_port
@@ -660,6 +661,8 @@ class Daemon:
         self._loaded = new
         if self._console is not None:
             self._console.swap_config(new)
+        if new.settings.rate_limit != old.settings.rate_limit:
+            self._rate_limiter.reconfigure(new.settings.rate_limit)
         # Connections and listeners keep the settings they were opened with; notifier
         # endpoints, contacts and the sweep are built once by the AlertingService. The
         # escalation ladders, inhibitions and leave mutes are in the core: they apply now.

@@ -185,6 +185,10 @@ class RateLimiter:
     """The three tables and the decision for one request (pure given `now`)."""
 
     def __init__(self, settings: RateLimitSettings) -> None:
+        self.reconfigure(settings)
+
+    def reconfigure(self, settings: RateLimitSettings) -> None:
+        """New limits (a config reload): every key starts afresh with full buckets."""
         self.settings = settings
         n = settings.max_tracked_keys
         self.addresses = BucketTable(

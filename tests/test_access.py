@@ -119,6 +119,10 @@ def test_rate_limiter_locks_out_failing_address_and_evicts_counted() -> None:
         limiter.check(f"10.0.1.{n}", f"random-{n}", 30.0)
     assert len(limiter.credentials) == 100
     assert limiter.credentials.evictions >= 50
+    # A reload with new limits applies at once (the buckets start afresh).
+    limiter.reconfigure(settings.model_copy(update={"per_credential_burst": 1}))
+    assert limiter.check("10.0.0.7", "tok", 20.0).allowed
+    assert limiter.check("10.0.0.7", "tok", 20.0).limit == "credential"
 
 
 def test_rate_limit_and_retention_settings_are_checked() -> None:
