@@ -360,14 +360,17 @@ class Daemon:
                 # one row.
                 client._client.manual_ack_set(True)
                 async with client:
-                    self._mqtt_connected = True
-                    metrics.MQTT_CONNECTED.set(1)
                     delay = RECONNECT_MIN_SECONDS
                     _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
                     if not self._stopping:
                         for topic in (*DEVICE_SUBSCRIPTIONS, PROTECTED_SUBSCRIPTION,
                                       COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
+                    # Healthy only once subscribed: a new session (first start, new client
+                    # id) receives nothing published before its subscriptions exist.
+                    self._mqtt_connected = True
+                    metrics.MQTT_CONNECTED.set(1)
+                    if not self._stopping:
                         self.ready.set()
                     # Acknowledgements of this connection only: after a reconnect the
                     # broker redelivers what was not acknowledged.
