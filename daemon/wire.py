@@ -58,6 +58,9 @@ class RejectReason(StrEnum):
     TS_TOO_OLD = "ts_too_old"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNSUPPORTED_PAYLOAD = "unsupported_payload"  # e.g. an encrypted OwnTracks payload
+    # Never from the decoder: the daemon's reader uses it for a message whose handling
+    # raised unexpectedly (a bug), so it is dead-lettered like a refusal.
+    INTERNAL_ERROR = "internal_error"
 
 
 class WireError(Exception):
