@@ -544,7 +544,9 @@ class Daemon:
             assert self._writer is not None
             return self._writer.seq
         with metrics.PROCESS_SECONDS.time():
-            outcome = self._pipeline.handle(topic, payload, received_at)
+            outcome = self._pipeline.handle(
+                topic, payload, received_at, future_reference=self._clock.wall_now()
+            )
         if outcome.protected:
             return await self._handle_protected(outcome)
         if outcome.rejection is not None:

@@ -23,10 +23,10 @@ Why slewing and not adopting at once: a gap the daemon did not live through must
 silence deadlines (a device reporting every p seconds looks, while a forward step is being
 absorbed, as if it reported every p * (1 + FAST) seconds: below the 15-minute wearable
 threshold for any device reporting at least every 7.5 minutes), and time must not run
-backwards. The price, stated in the docs: a forward step larger than the wire decoder's
-future-skew limit (15 minutes) makes correctly timed devices look future-dated until the
-engine clock has caught up, and a backward step delays time-driven alerts by at most the
-slow fraction's factor while it is absorbed.
+backwards. While a forward step is absorbed the wire decoder judges "future-dated" against
+the wall clock (`wall_now`), so correctly timed devices are not refused. The price, stated
+in the docs: a backward step delays time-driven alerts by at most the slow fraction's
+factor while it is absorbed.
 
 Shell only: the core never reads a clock; `emon replay` passes its file's times.
 """
@@ -98,6 +98,12 @@ class GuardedClock:
     def now(self) -> datetime:
         """Engine time as an aware UTC datetime (never earlier than the previous read)."""
         return datetime.fromtimestamp(self.read(), UTC)
+
+    def wall_now(self) -> datetime:
+        """The system wall clock as it reads now, which may be ahead of engine time while a
+        forward step is absorbed: the wire decoder's future-dated check uses the later of
+        the two, so correctly timed devices are not refused meanwhile."""
+        return datetime.fromtimestamp(self._wall(), UTC)
 
     def read(self) -> float:
         """Engine time in seconds since the epoch."""

@@ -61,12 +61,20 @@ class Pipeline:
         self.engine.swap_config(config)
         self.book.swap_policies(config.alerting.tier_policies())
 
-    def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        future_reference: datetime | None = None,
+    ) -> Outcome:
+        """`received_at` is the engine's time of arrival; `future_reference` (the daemon's
+        wall clock, when it is ahead of engine time) only widens the future-dated check."""
         version = self._config.version
         if is_protected_topic(topic):
-            return self._handle_protected(topic, payload, received_at)
+            return self._handle_protected(topic, payload, received_at, future_reference)
         try:
-            decoded = decode_any(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at, future_reference)
             if isinstance(decoded, IgnoredMessage):
                 self.ignored[decoded.reason] += 1
                 return Outcome(ignored=decoded.reason, config_version=version)
@@ -94,10 +102,16 @@ class Pipeline:
             zone_transitions=zone_transitions,
         )
 
-    def _handle_protected(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+    def _handle_protected(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        future_reference: datetime | None = None,
+    ) -> Outcome:
         version = self._config.version
         try:
-            position = decode_protected(topic, payload, received_at)
+            position = decode_protected(topic, payload, received_at, future_reference)
         except WireError as error:
             self.rejections[error.reason] += 1
             return Outcome(rejection=error, config_version=version, protected=True)

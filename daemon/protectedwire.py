@@ -44,7 +44,9 @@ def _field(data: dict[str, Any], key: str, low: float, high: float) -> float:
         raise WireError(error.reason, key) from None
 
 
-def decode_protected(topic: str, payload: bytes, received_at: datetime) -> ProtectedPosition:
+def decode_protected(
+    topic: str, payload: bytes, received_at: datetime, future_reference: datetime | None = None
+) -> ProtectedPosition:
     rest = topic[len(PROTECTED_TOPIC_PREFIX):].split("/")
     if len(rest) != 2 or rest[1] != "location":
         raise WireError(RejectReason.BAD_TOPIC, "unknown protected-person channel")
@@ -57,7 +59,7 @@ def decode_protected(topic: str, payload: bytes, received_at: datetime) -> Prote
         raise WireError(RejectReason.MISSING_FIELD, "ts")
     return ProtectedPosition(
         protected_id=rest[0],
-        ts=parse_timestamp(data["ts"], received_at),
+        ts=parse_timestamp(data["ts"], received_at, future_reference),
         lat=_field(data, "lat", -90.0, 90.0),
         lon=_field(data, "lon", -180.0, 180.0),
         accuracy_m=_field(data, "acc", 0.0, MAX_ACCURACY_M),

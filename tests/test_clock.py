@@ -6,8 +6,9 @@ The daemon under a real wall-clock step (libfaketime) is tests/test_faults_clock
 from __future__ import annotations
 
 import itertools
+import json
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import REGISTRY
@@ -17,6 +18,8 @@ from daemon.clock import (
     CLOCK_SLEW_SLOW_FRACTION,
     GuardedClock,
 )
+from daemon.wire import RejectReason, WireError, decode
+from geofence.observation import LocationFix
 
 pytestmark = pytest.mark.fault
 
@@ -127,3 +130,31 @@ def test_a_device_reporting_every_five_minutes_never_looks_quiet_for_fifteen() -
     gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) <= 5 * 60.0 * (1.0 + CLOCK_SLEW_FAST_FRACTION) + 2.0
     assert max(gaps) < 15 * 60.0
+
+
+def test_after_a_forward_step_correctly_timed_fixes_are_not_future_dated() -> None:
+    # The host clock was an hour slow and is corrected: devices (GNSS time) were right all
+    # along. Engine time catches up slowly, but their fixes are accepted meanwhile, with
+    # arrival times on the engine time line.
+    fake = FakeTime()
+    clock = GuardedClock(lambda: fake.wall, lambda: fake.mono)
+    clock.read()
+    fake.step_wall(HOUR_S)
+    fake.advance(1.0)
+    received_at = clock.now()
+    device_ts = clock.wall_now()
+    payload = json.dumps(
+        {"ts": device_ts.isoformat(), "lat": 22.54, "lon": 114.05, "acc": 8}
+    ).encode()
+    topic = "emon/v1/devices/tag-1/location"
+    with pytest.raises(WireError) as refused:  # what judging on engine time alone would do
+        decode(topic, payload, received_at)
+    assert refused.value.reason is RejectReason.TS_IN_FUTURE
+    fix = decode(topic, payload, received_at, future_reference=device_ts)
+    assert isinstance(fix, LocationFix)
+    assert (fix.ts, fix.received_at) == (device_ts, received_at)
+    too_far = device_ts + timedelta(minutes=16)
+    with pytest.raises(WireError) as still_refused:  # the wall clock still bounds the future
+        decode(topic, payload.replace(device_ts.isoformat().encode(),
+                                      too_far.isoformat().encode()), received_at, device_ts)
+    assert still_refused.value.reason is RejectReason.TS_IN_FUTURE

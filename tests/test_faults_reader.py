@@ -74,10 +74,15 @@ async def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_is_
             pipeline = daemon._pipeline
             original = pipeline.handle
 
-            def poisoned(topic: str, payload: bytes, received_at: datetime) -> Any:
+            def poisoned(
+                topic: str,
+                payload: bytes,
+                received_at: datetime,
+                future_reference: datetime | None = None,
+            ) -> Any:
                 if poisoned_at.isoformat().encode() in payload:
                     raise RuntimeError(f"injected failure for {payload!r}")  # quotes the fix
-                return original(topic, payload, received_at)
+                return original(topic, payload, received_at, future_reference)
 
             pipeline.handle = poisoned  # type: ignore[method-assign]
             await client.publish(TOPIC, fix(poisoned_at), qos=1)
@@ -146,10 +151,15 @@ async def test_a_protected_persons_message_that_raises_is_counted_and_dropped_un
             pipeline = daemon._pipeline
             original = pipeline.handle
 
-            def poisoned(topic: str, payload: bytes, received_at: datetime) -> Any:
+            def poisoned(
+                topic: str,
+                payload: bytes,
+                received_at: datetime,
+                future_reference: datetime | None = None,
+            ) -> Any:
                 if topic == protected_topic:
                     raise RuntimeError(f"injected failure for {payload!r}")
-                return original(topic, payload, received_at)
+                return original(topic, payload, received_at, future_reference)
 
             pipeline.handle = poisoned  # type: ignore[method-assign]
             await client.publish(protected_topic, fix(datetime.now(UTC)), qos=1)
