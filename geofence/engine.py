@@ -29,6 +29,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from alerts.model import Finding
+from geofence.behaviour import BehaviourRules
 from geofence.config import CoreConfig
 from geofence.devicerules import DeviceRules
 from geofence.observation import DeviceEvent, LocationFix, Observation
@@ -59,6 +60,8 @@ class Engine:
         self._zone_rules = ZoneRules()
         self._device_rules = DeviceRules()
         self._wakeups: list[tuple[datetime, str]] = []
+        # Issue 5 part A: subject-level rules (separation, check-ins, authorisation).
+        self._behaviour = BehaviourRules(self.stats)
 
     @property
     def config(self) -> CoreConfig:
@@ -76,6 +79,11 @@ class Engine:
             ctx = self._context(device_id, state)
             if ctx is not None:
                 self._reschedule(ctx, after=None)
+        self._behaviour.swap_config(config)
+
+    def authorised(self, device_id: str, ts: datetime) -> bool:
+        """Whether monitoring of the device's subject was authorised at `ts` (Art. 29)."""
+        return self._behaviour.authorised(self._config, device_id, ts)
 
     def device_state(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
@@ -121,7 +129,10 @@ class Engine:
             findings += self._observe_event(ctx, observation)
         findings += self._device_rules.after_arrival(ctx, observation, now, was_silent)
         self._reschedule(ctx, after=None)
-        return findings
+        # ---- issue 5 part A: separation, check-ins, authorisation (geofence.behaviour)
+        return self._behaviour.after_observe(
+            self._config, ctx.subject, observation, now, state.last_fix is observation, findings
+        )
 
     def _observe_event(self, ctx: EvalContext, event: DeviceEvent) -> list[Finding]:
         ctx.state.recent_events.append((event.ts, event.type))
@@ -274,7 +285,8 @@ class Engine:
                 heapq.heappush(work, (following, ctx.device_id, index))
         for ctx in due:
             self._reschedule(ctx, after=now)
-        return findings
+        # ---- issue 5 part A: check-in deadlines, authorisation moments (geofence.behaviour)
+        return self._behaviour.after_tick(self._config, now, findings)
 
     def _next_moment(self, ctx: EvalContext, now: datetime) -> datetime | None:
         """The earliest moment at or before `now` (on the device's own clock for schedules)
