@@ -3,9 +3,10 @@
 Two causes hold one `person_device_separation` condition per subject:
 
 - *distance*: a fix of one device and the other kind's latest fix, taken at most
-  `pair_seconds` apart, are farther apart than `distance_m` even after both accuracy radii
-  are taken off (so two devices on one body never look apart, whatever the noise within
-  their stated accuracies), and every pair for `seconds` says so. Raised at the first pair
+  `pair_seconds` apart (judged once both devices have reported past the older of the two,
+  so arrival order does not matter), are farther apart than `distance_m` even after both
+  accuracy radii are taken off (so two devices on one body never look apart, whatever the
+  noise within their stated accuracies), and every pair for `seconds` says so. Raised at the first pair
   of the run (the alert says when it began), cleared at the first pair that is not apart.
   Fixes vaguer than `max_accuracy_m` prove nothing either way.
 - *silent device*: a device of one kind has been silent past its own silence threshold while
@@ -147,13 +148,17 @@ def _distance(
         other = state.latest_fix.get(other_id)
         if other is None or other.accuracy_m > params.max_accuracy_m:
             continue
+        # A pair is judged when its *older* fix is newer than in any pair judged before,
+        # i.e. once both devices have reported past that moment: two fixes taken at the same
+        # time give the same pair whichever of them arrives first.
+        older_ts = min(fix.ts, other.ts)
+        if state.last_pair_ts is not None and older_ts <= state.last_pair_ts:
+            continue
         if abs(fix.ts - other.ts) > pair_window:
             continue
-        pair_ts = max(fix.ts, other.ts)
-        if state.last_pair_ts is not None and pair_ts <= state.last_pair_ts:
-            continue  # never judge an older pair after a newer one
-        state.last_pair_ts = pair_ts
-        findings += _judge_pair(config, params, conditions, subject, state, fix, other, pair_ts)
+        state.last_pair_ts = older_ts
+        findings += _judge_pair(config, params, conditions, subject, state, fix, other,
+                                max(fix.ts, other.ts))
     return findings
 
 
