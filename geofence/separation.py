@@ -6,8 +6,9 @@ Two causes hold one `person_device_separation` condition per subject:
   `pair_seconds` apart (judged once both devices have reported past the older of the two,
   so arrival order does not matter), are farther apart than `distance_m` even after both
   accuracy radii are taken off (so two devices on one body never look apart, whatever the
-  noise within their stated accuracies), and every pair for `seconds` says so. Raised at the first pair
-  of the run (the alert says when it began), cleared at the first pair that is not apart.
+  noise within their stated accuracies), and every pair for `seconds` says so. Raised at
+  the first pair of the run (the alert says when it began), cleared at the first pair that
+  is not apart.
   Fixes vaguer than `max_accuracy_m` prove nothing either way.
 - *silent device*: a device of one kind has been silent past its own silence threshold while
   a device of the other kind is heard (a fix, an event, a check-in): raised at that arrival,
