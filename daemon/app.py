@@ -55,10 +55,13 @@ from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    RejectReason,
+    WireError,
     channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
 )
+from geofence.behaviourspec import UnauthorisedPings
 from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
@@ -448,6 +451,10 @@ class Daemon:
             return self._writer.seq
         with metrics.PROCESS_SECONDS.time():
             outcome = self._pipeline.handle(topic, payload, received_at)
+        if outcome.outside_authorisation:  # issue 5 part A: Art. 29, rules.authorisation.pings
+            target = await self._outside_authorisation(topic, payload, received_at, outcome)
+            if target is not None:
+                return target
         if outcome.rejection is not None:
             reason = outcome.rejection.reason.value
             metrics.MESSAGES_REJECTED.labels(reason).inc()
@@ -478,6 +485,30 @@ class Daemon:
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
         return target
+
+    async def _outside_authorisation(
+        self, topic: str, payload: bytes, received_at: datetime, outcome: Outcome
+    ) -> int | None:
+        """An observation taken outside its subject's authorised monitoring: counted, and
+        with policy `deadletter` not stored but dead-lettered (its alerts, e.g. the
+        monitoring_unauthorised one, still go out). None: store it as usual."""
+        action = self._pipeline.config.rules.behaviour.authorisation.pings
+        metrics.OUTSIDE_AUTHORISATION.labels(action.value).inc()
+        if action is UnauthorisedPings.STORE:
+            return None
+        error = WireError(RejectReason.OUTSIDE_AUTHORISATION, "no authorised monitoring period")
+        metrics.MESSAGES_REJECTED.labels(error.reason.value).inc()
+        body = deadletter_payload(topic, payload, received_at, error)
+        self._enqueue_nowait(
+            OutboundMessage(
+                "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
+                json.dumps(body, ensure_ascii=False).encode(), qos=0,
+            )
+        )
+        if outcome.transitions:
+            await self._dispatch(outcome.transitions)
+        assert self._writer is not None
+        return self._writer.seq
 
     async def _store_zone_transitions(self, outcome: Outcome) -> int | None:
         assert self._writer is not None

@@ -32,6 +32,9 @@ class Outcome:
     config_version: str = ""
     # Confirmed zone presence changes and zone-rule findings, as rows for zone_transitions.
     zone_transitions: list[ZoneTransition] = field(default_factory=list)
+    # Taken outside every authorised monitoring period of its subject (Art. 29, issue 5):
+    # the shell stores it counted or dead-letters it, as rules.authorisation.pings says.
+    outside_authorisation: bool = False
 
 
 class Pipeline:
@@ -86,6 +89,8 @@ class Pipeline:
         return Outcome(
             observation, spec.subject_id, findings, transitions, config_version=version,
             zone_transitions=zone_transitions,
+            outside_authorisation=not self.engine.authorised(observation.device_id,
+                                                             observation.ts),
         )
 
     def tick(self, now: datetime) -> list[AlertTransition]:

@@ -58,6 +58,8 @@ class RejectReason(StrEnum):
     TS_TOO_OLD = "ts_too_old"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNSUPPORTED_PAYLOAD = "unsupported_payload"  # e.g. an encrypted OwnTracks payload
+    # Issue 5: taken outside the subject's authorised monitoring (Art. 29), policy deadletter.
+    OUTSIDE_AUTHORISATION = "outside_authorisation"
 
 
 class WireError(Exception):
