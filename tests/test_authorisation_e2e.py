@@ -69,7 +69,7 @@ async def test_ping_outside_authorisation_is_dead_lettered_and_alerted(
         seen: dict[str, dict[str, object]] = {}
         async with asyncio.timeout(15):
             async for message in client.messages:
-                body = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                body = json.loads(bytes(message.payload))
                 seen[message.topic.value] = body
                 if len(seen) == 2:
                     break
