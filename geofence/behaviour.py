@@ -40,6 +40,9 @@ class SubjectBehaviour:
     checkin: CheckinState = field(default_factory=CheckinState)
     separation: SeparationState = field(default_factory=SeparationState)
     scheduled_at: datetime | None = None
+    # The moments after `judged_until` (computed once per `judged_until`: every message of
+    # the subject asks, and working out check-in deadlines in local time is not free).
+    next_batch: tuple[datetime, list[_Moment]] | None = None
 
 
 class BehaviourRules:
@@ -73,6 +76,7 @@ class BehaviourRules:
                 continue
             state = self._subjects[subject_id]
             state.scheduled_at = None
+            state.next_batch = None
             self._reschedule(config, subject, state)
 
     def after_observe(
@@ -142,6 +146,17 @@ class BehaviourRules:
         self, config: CoreConfig, subject: SubjectSpec, state: SubjectBehaviour
     ) -> list[_Moment]:
         """Every moment at the earliest instant after `judged_until`."""
+        cached = state.next_batch
+        if cached is not None and cached[0] == state.judged_until:
+            return cached[1]
+        batch = self._compute_next_moments(config, subject, state)
+        state.next_batch = (state.judged_until, batch)
+        return batch
+
+    @staticmethod
+    def _compute_next_moments(
+        config: CoreConfig, subject: SubjectSpec, state: SubjectBehaviour
+    ) -> list[_Moment]:
         candidates: list[_Moment] = []
         if subject.checkins:
             deadline = checkins.next_deadline(subject, state.judged_until, state.first_arrival)

@@ -39,7 +39,8 @@ SILENT_CAUSE_PREFIX = "silent:"
 
 @dataclass(slots=True)
 class SeparationState:
-    latest_fix: dict[str, LocationFix] = field(default_factory=dict)
+    # The newest accepted fix of each device, with its position in the config's projection.
+    latest_fix: dict[str, tuple[LocationFix, tuple[float, float]]] = field(default_factory=dict)
     last_pair_ts: datetime | None = None
     apart_since: datetime | None = None
     last_arrival: dict[str, datetime] = field(default_factory=dict)
@@ -138,17 +139,20 @@ def _distance(
     kind: DeviceKind,
     kinds: dict[str, DeviceKind],
 ) -> list[Finding]:
-    state.latest_fix[fix.device_id] = fix
     if fix.accuracy_m > params.max_accuracy_m:
+        state.latest_fix.pop(fix.device_id, None)  # an older, precise fix is not "now" either
         return []
+    xy = config.projection.forward(fix.lon, fix.lat)
+    state.latest_fix[fix.device_id] = (fix, xy)
     findings: list[Finding] = []
     pair_window = timedelta(seconds=params.pair_seconds)
     for other_id, other_kind in sorted(kinds.items()):
         if other_kind is kind:
             continue
-        other = state.latest_fix.get(other_id)
-        if other is None or other.accuracy_m > params.max_accuracy_m:
+        latest = state.latest_fix.get(other_id)
+        if latest is None:
             continue
+        other, other_xy = latest
         # A pair is judged when its *older* fix is newer than in any pair judged before,
         # i.e. once both devices have reported past that moment: two fixes taken at the same
         # time give the same pair whichever of them arrives first.
@@ -158,8 +162,9 @@ def _distance(
         if abs(fix.ts - other.ts) > pair_window:
             continue
         state.last_pair_ts = older_ts
+        distance_m = math.hypot(xy[0] - other_xy[0], xy[1] - other_xy[1])
         findings += _judge_pair(config, params, conditions, subject, state, fix, other,
-                                max(fix.ts, other.ts))
+                                distance_m)
     return findings
 
 
@@ -171,23 +176,29 @@ def _judge_pair(
     state: SeparationState,
     a: LocationFix,
     b: LocationFix,
-    pair_ts: datetime,
+    distance_m: float,
 ) -> list[Finding]:
-    ax, ay = config.projection.forward(a.lon, a.lat)
-    bx, by = config.projection.forward(b.lon, b.lat)
-    distance_m = math.hypot(ax - bx, ay - by)
+    pair_ts = max(a.ts, b.ts)
     gap_m = distance_m - a.accuracy_m - b.accuracy_m
+    active = conditions.active(subject.subject_id, RULE, DISTANCE_CAUSE)
+    apart = gap_m > params.distance_m
+    if apart:
+        if state.apart_since is None:
+            state.apart_since = pair_ts
+        if active or (pair_ts - state.apart_since).total_seconds() < params.seconds:
+            return []
+    else:
+        state.apart_since = None
+        if not active:
+            return []
+    # Only now (a finding will be emitted) is the evidence built: most pairs change nothing.
     wearable, phone = (a, b) if _is_wearable(subject, a.device_id) else (b, a)
     evidence: dict[str, Any] = {
         "wearable": wearable.to_wire(), "phone": phone.to_wire(),
         "distance_m": round(distance_m, 1), "beyond_accuracy_m": round(gap_m, 1),
     }
-    if gap_m > params.distance_m:
-        if state.apart_since is None:
-            state.apart_since = pair_ts
-        lasted_s = (pair_ts - state.apart_since).total_seconds()
-        if lasted_s < params.seconds:
-            return []
+    if apart:
+        assert state.apart_since is not None
         return conditions.set(
             config, subject.subject_id, wearable.device_id, RULE, DISTANCE_CAUSE, True,
             state.apart_since, evidence,
@@ -195,7 +206,6 @@ def _judge_pair(
             f"{subject.subject_id} have been at least {params.distance_m:.0f} m apart since "
             f"{_local_hm(state.apart_since, subject)} (now {distance_m:.0f} m)",
         )
-    state.apart_since = None
     return conditions.set(
         config, subject.subject_id, wearable.device_id, RULE, DISTANCE_CAUSE, False, pair_ts,
         evidence,
