@@ -23,7 +23,7 @@ import os
 import random
 import sys
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -39,7 +39,13 @@ from geofence.behaviourspec import (
     CheckinRequirement,
     SeparationParams,
 )
-from geofence.config import DEFAULT_DEVICE_THRESHOLDS, CoreConfig, DeviceSpec, RuleParams, SubjectSpec
+from geofence.config import (
+    DEFAULT_DEVICE_THRESHOLDS,
+    CoreConfig,
+    DeviceSpec,
+    RuleParams,
+    SubjectSpec,
+)
 from geofence.engine import Engine
 from geofence.observation import DeviceEvent, DeviceEventType, DeviceKind, FixSource, LocationFix
 from geofence.zones import LocalProjection, Zone, ZoneKind
