@@ -19,7 +19,7 @@ config check does not require one yet).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from alerts.model import Finding, RuleId
@@ -64,6 +64,14 @@ def _day(at: datetime, subject: SubjectSpec) -> str:
     return f"{at.astimezone(subject.timezone):%Y-%m-%d %H:%M}"
 
 
+def _until(end: datetime, subject: SubjectSpec) -> str:
+    """An end as an officer reads the decision: "the end of <last day>" for a midnight."""
+    local = end.astimezone(subject.timezone)
+    if local.time() == time(0):
+        return f"the end of {local.date() - timedelta(days=1)}"
+    return f"{local:%Y-%m-%d %H:%M}"
+
+
 def _device(subject: SubjectSpec) -> str:
     return subject.devices[0].device_id
 
@@ -78,13 +86,13 @@ def _expiring(
     end = spec.chain_end(period)
     if at >= end or conditions.active(subject.subject_id, RuleId.AUTHORISATION_EXPIRING):
         return []
-    days = (end - at).total_seconds() / 86400.0
+    days = round((end - at).total_seconds() / 86400)
     return conditions.set(
         config, subject.subject_id, _device(subject), RuleId.AUTHORISATION_EXPIRING,
         EXPIRING_CAUSE, True, at,
         {"basis": period.basis, "reference": period.reference, "ends": end.isoformat()},
         f"Electronic monitoring of {subject.subject_id} is authorised until "
-        f"{_day(end, subject)} ({days:.0f} days): renew it (Art. 29) or plan its end",
+        f"{_until(end, subject)} ({days} days left): renew it (Art. 29) or plan its end",
     )
 
 
@@ -126,7 +134,7 @@ def at_moment(
         return conditions.set(
             config, sid, _device(subject), RuleId.AUTHORISATION_EXPIRING, EXPIRING_CAUSE,
             False, moment.at, {"renewed_until": until.isoformat()},
-            f"Electronic monitoring of {sid} renewed until {_day(until, subject)}",
+            f"Electronic monitoring of {sid} renewed until {_until(until, subject)}",
         )
     findings += conditions.set(
         config, sid, _device(subject), RuleId.AUTHORISATION_EXPIRING, EXPIRING_CAUSE, False,
@@ -134,7 +142,7 @@ def at_moment(
     )
     findings += _unauthorised(
         config, conditions, subject, spec, moment.at,
-        f"past the end of their authorisation ({_day(moment.at, subject)})",
+        f"past the end of their authorisation ({_until(moment.at, subject)})",
     )
     return findings
 
@@ -174,10 +182,12 @@ def on_observation_time(
         return []
     if conditions.active(subject.subject_id, RuleId.MONITORING_UNAUTHORISED):
         return []
-    first = spec.periods[0] if spec.periods else None
-    why = (
-        f"before their authorisation begins ({_day(first.start, subject)})"
-        if first is not None and ts < first.start
-        else "outside any authorised period"
-    )
+    ended = [p.end for p in spec.periods if p.end <= ts]
+    later = [p.start for p in spec.periods if p.start > ts]
+    if ended:
+        why = f"past the end of their authorisation ({_until(max(ended), subject)})"
+    elif later:
+        why = f"before their authorisation begins ({_day(min(later), subject)})"
+    else:
+        why = "without any authorised period"
     return _unauthorised(config, conditions, subject, spec, ts, why)

@@ -300,7 +300,7 @@ def test_officer_is_warned_before_the_end_then_alerts_stop_after_it() -> None:
     ]
     expiring = next(f for f in findings if f.rule is RuleId.AUTHORISATION_EXPIRING)
     assert expiring.reason == (f"Electronic monitoring of {SUBJECT} is authorised until "
-                               "2026-12-10 00:00 (14 days): renew it (Art. 29) or plan its end")
+                               "the end of 2026-12-09 (14 days left): renew it (Art. 29) or plan its end")
     # Before the end the rules alerted as usual (work hours away from work, curfew); after
     # it, the boundary exit and the opened strap are held back. Conditions raised before the
     # end may still clear after it (no alert is left hanging).
@@ -332,7 +332,7 @@ def test_warning_due_before_the_first_message_is_given_at_once() -> None:
     assert of_rule(findings, RuleId.AUTHORISATION_EXPIRING) == [
         (RAISED, RuleId.AUTHORISATION_EXPIRING, None, first + timedelta(seconds=1)),
     ]
-    assert "3 days" in findings[0].reason
+    assert "(3 days left)" in findings[0].reason
 
 
 def test_before_the_start_alerts_are_held_and_released_at_the_start() -> None:
