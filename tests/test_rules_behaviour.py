@@ -299,8 +299,10 @@ def test_officer_is_warned_before_the_end_then_alerts_stop_after_it() -> None:
         (RAISED, RuleId.MONITORING_UNAUTHORISED, end),
     ]
     expiring = next(f for f in findings if f.rule is RuleId.AUTHORISATION_EXPIRING)
-    assert expiring.reason == (f"Electronic monitoring of {SUBJECT} is authorised until "
-                               "the end of 2026-12-09 (14 days left): renew it (Art. 29) or plan its end")
+    assert expiring.reason == (
+        f"Electronic monitoring of {SUBJECT} is authorised until the end of 2026-12-09 "
+        "(14 days left): renew it (Art. 29) or plan its end"
+    )
     # Before the end the rules alerted as usual (work hours away from work, curfew); after
     # it, the boundary exit and the opened strap are held back. Conditions raised before the
     # end may still clear after it (no alert is left hanging).
