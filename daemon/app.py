@@ -478,7 +478,10 @@ class Daemon:
         metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
-        target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
+        target = await self._writer.put(
+            observation, outcome.subject_id, outcome.config_version,
+            outside_authorisation=outcome.outside_authorisation,  # Art. 29 (migration 0007)
+        )
         target = await self._store_zone_transitions(outcome) or target
         if self._console is not None:
             self._console.feed.on_observation(observation, outcome.subject_id)

@@ -1,7 +1,8 @@
 """Art. 29 end to end (issue 5 part A) on the real daemon, Mosquitto and PostgreSQL: with
 `rules.authorisation.pings: deadletter`, a ping taken after the subject's authorised
 monitoring ended is not stored but dead-lettered (reason outside_authorisation), the
-officer gets `monitoring_unauthorised`, and another subject's pings are stored as usual."""
+officer gets `monitoring_unauthorised`, and another subject's pings are stored as usual;
+with `store`, the writer keeps the ping with its `outside_authorisation` flag."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 import yaml
 
 from daemon.localservices import MosquittoProcess
+from daemon.store import PingWriter, migrate, open_pool
+from geofence.observation import FixSource, LocationFix
 from tests.daemon_harness import config_dir, eventually, load, running_daemon
 
 pytestmark = pytest.mark.services
@@ -82,3 +85,23 @@ async def test_ping_outside_authorisation_is_dead_lettered_and_alerted(
         await eventually(lambda: _stored(pg_dsn, "tag-s001"), what="tag-s001 ping stored")
         await daemon._writer.flush()  # type: ignore[union-attr]
         assert await _stored(pg_dsn, "tag-s002") == 0
+
+
+async def test_writer_flags_pings_outside_authorisation(pg_dsn: str) -> None:
+    # Policy `store`: the ping is kept, with the flag (migration 0007); others stay NULL.
+    await migrate(pg_dsn)
+    now = datetime.now(UTC).replace(microsecond=0)
+    lon, lat = HOME_S001
+
+    def ping(device_id: str) -> LocationFix:
+        return LocationFix(device_id, now, lat, lon, 8.0, FixSource.GNSS, now)
+
+    async with open_pool(pg_dsn) as pool, PingWriter(pool) as writer:
+        await writer.put(ping("tag-out"), "s-out", "v1", outside_authorisation=True)
+        await writer.put(ping("tag-in"), "s-in", "v1")
+        await writer.flush()
+    async with await psycopg.AsyncConnection.connect(pg_dsn) as conn:
+        cur = await conn.execute(
+            "SELECT device_id, outside_authorisation FROM pings ORDER BY device_id"
+        )
+        assert await cur.fetchall() == [("tag-in", None), ("tag-out", True)]
