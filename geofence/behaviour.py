@@ -102,7 +102,7 @@ class BehaviourRules:
                 config, self._conditions, subject, observation.ts, now
             )
         params = config.rules.behaviour
-        if params.separation is not None and separation.has_pair(subject):
+        if params.separation is not None:
             mine += separation.on_observation(
                 config, params.separation, self._conditions, subject, state.separation,
                 observation, now, accepted_fix,

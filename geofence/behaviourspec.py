@@ -9,7 +9,7 @@ live in `geofence.separation`, `geofence.checkins` and `geofence.authorisation`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 
 # ---------------------------------------------------------------------- separation (人机分离)
@@ -111,6 +111,12 @@ class AuthorisationPeriod:
     end: datetime
     basis: str
     reference: str = ""
+
+    def __post_init__(self) -> None:
+        # Held in UTC: every observation asks `covering`, and comparing datetimes of two
+        # different zones costs a zone lookup each time.
+        object.__setattr__(self, "start", self.start.astimezone(UTC))
+        object.__setattr__(self, "end", self.end.astimezone(UTC))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 from alerts.model import Finding, RuleId
 from geofence.behaviourspec import RECENT_CHECKINS, CheckinParams, CheckinRequirement
@@ -74,8 +74,9 @@ def _deadline_on(
 ) -> Deadline | None:
     if day.weekday() not in requirement.weekdays:
         return None
-    opens = datetime.combine(day, requirement.opens, tzinfo=subject.timezone)
-    due = datetime.combine(day, requirement.due, tzinfo=subject.timezone)
+    # In UTC, like the arrival times they are compared with (cheaper than across zones).
+    opens = datetime.combine(day, requirement.opens, tzinfo=subject.timezone).astimezone(UTC)
+    due = datetime.combine(day, requirement.due, tzinfo=subject.timezone).astimezone(UTC)
     return Deadline(due + requirement.grace, opens, due)
 
 

@@ -44,6 +44,9 @@ class SeparationState:
     last_pair_ts: datetime | None = None
     apart_since: datetime | None = None
     last_arrival: dict[str, datetime] = field(default_factory=dict)
+    # The kinds of the subject's devices, for the subject spec in force (rebuilt on reload),
+    # and whether it has both a wearable and a phone (else the rule does not apply).
+    kinds_of: tuple[SubjectSpec, dict[str, DeviceKind], bool] | None = None
 
 
 def _kind_label(kind: DeviceKind) -> str:
@@ -73,7 +76,12 @@ def on_observation(
     `accepted_fix`: it is a fix the engine accepted as the device's newest (not late, not
     an outlier)."""
     device_id = observation.device_id
-    kinds = {d.device_id: d.kind for d in subject.devices}
+    if state.kinds_of is None or state.kinds_of[0] is not subject:
+        state.kinds_of = (subject, {d.device_id: d.kind for d in subject.devices},
+                          has_pair(subject))
+    _, kinds, paired = state.kinds_of
+    if not paired:
+        return []
     kind = kinds[device_id]
     findings: list[Finding] = []
     if params.silent_device:
