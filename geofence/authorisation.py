@@ -54,7 +54,9 @@ def moments(spec: AuthorisationSpec, params: AuthorisationParams) -> list[Moment
     for period in spec.periods:
         if period.end not in starts:  # the end of a run: monitoring would stop here
             out.append(Moment(period.end - warn, MomentKind.WARN))
-            out.append(Moment(period.end, MomentKind.END))
+        # Every end: a warning given before a renewal was recorded (by a reload) is
+        # answered "renewed" at the old end.
+        out.append(Moment(period.end, MomentKind.END))
         if period.start not in ends:
             out.append(Moment(period.start, MomentKind.START))
     return sorted(out, key=lambda m: (m.at, list(MomentKind).index(m.kind)))

@@ -8,6 +8,7 @@ import functools
 import math
 from datetime import datetime, time, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -229,12 +230,15 @@ def test_never_separated_while_the_two_are_within_r_allowing_for_accuracy(
 # ---------------------------------------------------------------------- check-ins
 
 
-def test_missed_check_in_is_raised_at_the_deadline_and_cleared_by_the_late_report() -> None:
+@pytest.mark.parametrize("tick_s", [5, 15, 60])
+def test_missed_check_in_is_raised_at_the_deadline_and_cleared_by_the_late_report(
+    tick_s: int,
+) -> None:
     engine = Engine(behaviour_config(checkins=(DAILY,)))
     stream: list[Observation] = [*every(HOME, local(7), local(21, 30), step=10 * MINUTE)]
     stream.append(device_event(DeviceEventType.CHECKIN, local(21, 30), device_id=PHONE,
                                verification="passed"))
-    findings = run(engine, stream, until=local(21, 31))
+    findings = run(engine, stream, until=local(21, 31), tick=timedelta(seconds=tick_s))
     assert of_rule(findings, RuleId.CHECKIN_MISSED) == [
         (RAISED, RuleId.CHECKIN_MISSED, None, local(20, 30)),
         (CLEARED, RuleId.CHECKIN_MISSED, None, local(21, 30)),
@@ -366,3 +370,23 @@ def test_policy_continue_keeps_alerting_after_the_end() -> None:
                    PERIOD.end + timedelta(hours=2), step=5 * MINUTE)
     findings = run(engine, stream, until=PERIOD.end + timedelta(hours=2))
     assert {RuleId.BOUNDARY_EXIT, RuleId.MONITORING_UNAUTHORISED} <= {f.rule for f in findings}
+
+
+def test_a_renewal_loaded_before_the_end_is_noted_and_monitoring_goes_on() -> None:
+    # The warning is raised under the first config; the renewal arrives by a reload.
+    engine = Engine(behaviour_config(authorisation=AuthorisationSpec((PERIOD,))))
+    warn_at = PERIOD.end - timedelta(days=14)
+    findings = run(engine, every(HOME, warn_at - MINUTE, warn_at + MINUTE),
+                   until=warn_at + MINUTE)
+    assert of_rule(findings, RuleId.AUTHORISATION_EXPIRING) == [
+        (RAISED, RuleId.AUTHORISATION_EXPIRING, None, warn_at),
+    ]
+    renewal = AuthorisationPeriod(PERIOD.end, PERIOD.end + timedelta(days=80), "renewed")
+    engine.swap_config(behaviour_config(authorisation=AuthorisationSpec((PERIOD, renewal))))
+    findings = engine.tick(PERIOD.end + MINUTE)  # the tag's silence etc. come too: ignored
+    assert [(f.kind, f.rule, f.at, f.reason) for f in findings
+            if f.rule in AUTHORISATION_RULES] == [
+        (CLEARED, RuleId.AUTHORISATION_EXPIRING, PERIOD.end,
+         f"Electronic monitoring of {SUBJECT} renewed until the end of 2027-02-27"),
+    ]
+    assert engine.authorised(TAG, PERIOD.end + timedelta(days=1))
