@@ -41,6 +41,12 @@ class RuleId(StrEnum):
     CHECKIN_VERIFICATION_FAILED = "checkin_verification_failed"  # face check failed
     AUTHORISATION_EXPIRING = "authorisation_expiring"  # Art. 29 period ends in N days
     MONITORING_UNAUTHORISED = "monitoring_unauthorised"  # data outside any authorised period
+    # Issue 5 part B: habits, gatherings, victims (docs/rules.md).
+    TRAJECTORY_ANOMALY = "trajectory_anomaly"  # 日常轨迹异常: a day far from the usual places
+    CO_OFFENDER_GATHERING = "co_offender_gathering"  # 同案犯聚集: a co-offender group met
+    GATHERING = "gathering"  # any two subjects together (off unless settings enable it)
+    VICTIM_PROXIMITY = "victim_proximity"  # within a protected person's mobile exclusion zone
+    VICTIM_APPROACH = "victim_approach"  # in the warning band around a protected person
 
 
 DEFAULT_TIERS: dict[RuleId, Tier] = {
@@ -64,6 +70,12 @@ DEFAULT_TIERS: dict[RuleId, Tier] = {
     RuleId.CHECKIN_MISSED: Tier.LOW,
     RuleId.AUTHORISATION_EXPIRING: Tier.LOW,
     RuleId.MONITORING_UNAUTHORISED: Tier.LOW,
+    # Issue 5 part B (docs/rules.md says why each tier).
+    RuleId.TRAJECTORY_ANOMALY: Tier.LOW,
+    RuleId.CO_OFFENDER_GATHERING: Tier.HIGH,
+    RuleId.GATHERING: Tier.LOW,
+    RuleId.VICTIM_PROXIMITY: Tier.CRITICAL,
+    RuleId.VICTIM_APPROACH: Tier.HIGH,
 }
 
 

@@ -37,9 +37,11 @@ from daemon.alerting import AlertingService
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.console.web import ConsoleService
+from daemon.habitlearning import latest_learn_moment, learn_from_store
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
+from daemon.protectedwire import PROTECTED_SUBSCRIPTION
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
@@ -61,7 +63,7 @@ from daemon.wire import (
     deadletter_payload,
     device_id_of_topic,
 )
-from geofence.behaviourspec import UnauthorisedPings
+from geofence.compliancespec import UnauthorisedPings
 from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
@@ -261,6 +263,13 @@ class Daemon:
                 id="emon-store-maintenance", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC),
             )
+            # Issue 5: frequent places, at start-up and daily (daemon/habitlearning.py).
+            scheduler.add_job(
+                self._learn_places_job, "cron",
+                hour=self._loaded.settings.behaviour.habits.learn_hour_utc, minute=0,
+                id="emon-learn-places", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
             alerting.schedule(scheduler)
             scheduler.start()
             self._scheduler = scheduler
@@ -354,7 +363,8 @@ class Daemon:
                     delay = RECONNECT_MIN_SECONDS
                     _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
                     if not self._stopping:
-                        for topic in (*DEVICE_SUBSCRIPTIONS, COMMANDS_SUBSCRIPTION):
+                        for topic in (*DEVICE_SUBSCRIPTIONS, PROTECTED_SUBSCRIPTION,
+                                      COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
                         self.ready.set()
                     # Acknowledgements of this connection only: after a reconnect the
@@ -451,6 +461,8 @@ class Daemon:
             return self._writer.seq
         with metrics.PROCESS_SECONDS.time():
             outcome = self._pipeline.handle(topic, payload, received_at)
+        if outcome.protected:
+            return await self._handle_protected(outcome)
         if outcome.outside_authorisation:  # issue 5 part A: Art. 29, rules.authorisation.pings
             target = await self._outside_authorisation(topic, payload, received_at, outcome)
             if target is not None:
@@ -495,7 +507,7 @@ class Daemon:
         """An observation taken outside its subject's authorised monitoring: counted, and
         with policy `deadletter` not stored but dead-lettered (its alerts, e.g. the
         monitoring_unauthorised one, still go out). None: store it as usual."""
-        action = self._pipeline.config.rules.behaviour.authorisation.pings
+        action = self._pipeline.config.rules.compliance.authorisation.pings
         metrics.OUTSIDE_AUTHORISATION.labels(action.value).inc()
         if action is UnauthorisedPings.STORE:
             return None
@@ -512,6 +524,38 @@ class Daemon:
             await self._dispatch(outcome.transitions)
         assert self._writer is not None
         return self._writer.seq
+    async def _handle_protected(self, outcome: Outcome) -> int:
+        """Issue 5: a protected person's position was judged and is forgotten: never
+        stored, logged, dead-lettered or shown; only the subjects' alerts go on."""
+        assert self._writer is not None
+        if outcome.rejection is not None:
+            metrics.MESSAGES_REJECTED.labels(outcome.rejection.reason.value).inc()
+            return self._writer.seq
+        metrics.MESSAGES_RECEIVED.labels("protected").inc()
+        target = await self._store_zone_transitions(outcome) or self._writer.seq
+        if outcome.transitions:
+            await self._dispatch(outcome.transitions)
+        return target
+
+    async def _learn_places_job(self) -> None:
+        """Issue 5: relearn every subject's frequent places from the stored pings, at the
+        latest daily learning moment (the one `emon replay` uses too)."""
+        habits = self._pipeline.config.behaviour.habits
+        if not habits.enabled or self._pool is None:
+            return
+        moment = latest_learn_moment(datetime.now(UTC), habits.learn_hour_utc)
+        try:
+            learned = await learn_from_store(self._pool, self._pipeline.config, moment)
+        except Exception:
+            # Retried at the next daily run; the places learnt before stay in force.
+            _LOGGER.exception("learning frequent places failed")
+            return
+        for places in learned:
+            self._pipeline.engine.set_frequent_places(places)
+        _LOGGER.info(
+            "frequent places learnt for %d subjects (%d armed)", len(learned),
+            sum(p.armed(habits) for p in learned),
+        )
 
     async def _store_zone_transitions(self, outcome: Outcome) -> int | None:
         assert self._writer is not None

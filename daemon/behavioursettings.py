@@ -1,256 +1,258 @@
-"""Operator settings of the issue-5 (part A) rules: pydantic models, checks and compilation.
-
-- settings.yaml `rules.separation`, `rules.checkin`, `rules.authorisation`: parameters.
-- subjects.yaml, per subject, `checkins` (日常报告 schedule) and `authorisation` (the legal
-  basis and periods of electronic monitoring, Community Corrections Law Art. 29).
-
-Months are counted as the Civil Code counts periods (arts. 201-203): a period that starts
-on a day ends at the end of the day with the same number three months later, or on the last
-day of that month if it has no such day (2026-11-30 + 3 months = 2027-02-28). So a period
-given as `start: 2026-11-20` may end at the latest on `end: 2027-02-20` (inclusive). A
-renewal starts the day after the previous period's last day.
+"""Operator settings of the issue-5 behavioural rules: settings.yaml `behaviour:` (habits,
+gathering, protected-person tunables) and subjects.yaml `co_offender_groups:` and
+`protected_persons:`; their cross-file checks and their compilation into the core's
+`BehaviourParams`. Defaults and their reasons are in `geofence.behaviour_config`.
 """
 
 from __future__ import annotations
 
-import calendar
-from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta
-from typing import Literal
-from zoneinfo import ZoneInfo
+from collections.abc import Iterable
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from geofence.behaviourspec import (
-    DEFAULT_AUTHORISATION_WARN_DAYS,
-    DEFAULT_CHECKIN_GRACE_SECONDS,
-    DEFAULT_SEPARATION_DISTANCE_M,
-    DEFAULT_SEPARATION_MAX_ACCURACY_M,
-    DEFAULT_SEPARATION_PAIR_SECONDS,
-    DEFAULT_SEPARATION_SECONDS,
-    MAX_AUTHORISATION_MONTHS,
-    AfterAuthorisation,
-    AuthorisationParams,
-    AuthorisationPeriod,
-    AuthorisationSpec,
+from geofence.behaviour_config import (
+    DEFAULT_CELL_M,
+    DEFAULT_FAR_M,
+    DEFAULT_FAR_SECONDS_PER_DAY,
+    DEFAULT_GATHERING_MAX_ACCURACY_M,
+    DEFAULT_GATHERING_RADIUS_M,
+    DEFAULT_GATHERING_SECONDS,
+    DEFAULT_GATHERING_STALE_SECONDS,
+    DEFAULT_HABIT_MAX_ACCURACY_M,
+    DEFAULT_HISTORY_DAYS,
+    DEFAULT_LEARN_HOUR_UTC,
+    DEFAULT_MAX_DWELL_SECONDS,
+    DEFAULT_MAX_PLACES,
+    DEFAULT_MIN_CELL_SHARE,
+    DEFAULT_MIN_HISTORY_DAYS,
+    DEFAULT_SAMPLE_SECONDS,
+    DEFAULT_VICTIM_CONFIRM,
+    DEFAULT_VICTIM_MAX_ACCURACY_M,
+    DEFAULT_VICTIM_STALE_SECONDS,
     BehaviourParams,
-    CheckinParams,
-    CheckinRequirement,
-    SeparationParams,
-    UnauthorisedPings,
+    GatheringParams,
+    HabitParams,
+    ProtectedLink,
+    VictimParams,
 )
 
 SECONDS_PER_MINUTE = 60.0
-SECONDS_PER_DAY = 86400.0
-ONE_DAY = timedelta(days=1)
-Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
-WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+SECONDS_PER_HOUR = 3600.0
+DAYS_PER_WEEK = 7
+PERCENT = 100.0
+# A gathering of more people than this in one configured group is a register, not a case.
+MAX_GROUP_SUBJECTS = 50
+MAX_LINKED_SUBJECTS = 20
+
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
 
-
-class Strict(BaseModel):
-    # As daemon.rulesettings.Strict (which imports this module, so it cannot be shared).
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-# ---------------------------------------------------------------------- settings.yaml rules
+# ---------------------------------------------------------------------- settings.yaml
 
 
-class SeparationSettings(Strict):
-    enabled: bool = Field(True, title="Judge person-device separation (subjects with a tag "
-                                      "and a phone)")
-    distance_m: float = Field(
-        DEFAULT_SEPARATION_DISTANCE_M, ge=20, le=5000,
-        title="Metres apart, beyond both accuracy radii, that count as separated",
+class HabitSettings(_Strict):
+    enabled: bool = Field(False, title="Learn frequent places and warn on days far from them")
+    history_weeks: int = Field(
+        DEFAULT_HISTORY_DAYS // DAYS_PER_WEEK, ge=1, le=12,
+        title="Weeks of stored pings the places are learnt from",
     )
-    minutes: float = Field(
-        DEFAULT_SEPARATION_SECONDS / SECONDS_PER_MINUTE, ge=0, le=240,
-        title="Minutes the two must stay apart before the alert",
+    min_history_days: int = Field(
+        DEFAULT_MIN_HISTORY_DAYS, ge=1, le=84,
+        title="Days with fixes needed before the rule is armed for a subject",
     )
-    pair_seconds: float = Field(
-        DEFAULT_SEPARATION_PAIR_SECONDS, ge=10, le=900,
-        title="Two fixes are compared only if taken at most this many seconds apart",
+    cell_m: float = Field(DEFAULT_CELL_M, ge=25, le=1000, title="Grid cell of the learner, metres")
+    min_cell_share_pct: float = Field(
+        DEFAULT_MIN_CELL_SHARE * PERCENT, ge=0.1, le=20,
+        title="Share of the subject's time a cell needs to be part of a place, percent",
+    )
+    max_places: int = Field(DEFAULT_MAX_PLACES, ge=1, le=32, title="Most places kept per subject")
+    far_m: float = Field(
+        DEFAULT_FAR_M, ge=100, le=50_000,
+        title="Beyond this many metres from every place's edge a fix is far",
+    )
+    far_hours_per_day: float = Field(
+        DEFAULT_FAR_SECONDS_PER_DAY / SECONDS_PER_HOUR, ge=0.25, le=24,
+        title="Hours far away in one local day that raise trajectory_anomaly",
     )
     max_accuracy_m: float = Field(
-        DEFAULT_SEPARATION_MAX_ACCURACY_M, gt=0, le=5000,
-        title="Fixes vaguer than this prove nothing about separation",
+        DEFAULT_HABIT_MAX_ACCURACY_M, ge=5, le=5000,
+        title="Fixes less precise than this are neither learnt nor counted",
     )
-    silent_device: bool = Field(
-        True, title="Also alert when one device is silent past its threshold while the other "
-                    "reports",
+    learn_hour_utc: int = Field(
+        DEFAULT_LEARN_HOUR_UTC, ge=0, le=23, title="Hour (UTC) at which places are relearnt daily"
+    )
+
+    @model_validator(mode="after")
+    def _history_holds_minimum(self) -> HabitSettings:
+        if self.min_history_days > self.history_weeks * DAYS_PER_WEEK:
+            raise ValueError(
+                f"min_history_days {self.min_history_days} exceeds the "
+                f"{self.history_weeks * DAYS_PER_WEEK} days of history_weeks"
+            )
+        return self
+
+
+class GatheringSettings(_Strict):
+    radius_m: float = Field(
+        DEFAULT_GATHERING_RADIUS_M, ge=5, le=1000, title="Together within this many metres"
+    )
+    minutes: float = Field(
+        DEFAULT_GATHERING_SECONDS / SECONDS_PER_MINUTE, ge=1, le=240,
+        title="Minutes together before a gathering is raised",
+    )
+    stale_minutes: float = Field(
+        DEFAULT_GATHERING_STALE_SECONDS / SECONDS_PER_MINUTE, ge=1, le=60,
+        title="A position older than this no longer places the subject",
+    )
+    max_accuracy_m: float = Field(
+        DEFAULT_GATHERING_MAX_ACCURACY_M, ge=5, le=1000,
+        title="Fixes less precise than this cannot place two subjects together",
+    )
+    any_subjects: bool = Field(
+        False, title="Also any two subjects, not only co-offender groups (rule gathering)"
+    )
+
+    @model_validator(mode="after")
+    def _stale_within_meeting(self) -> GatheringSettings:
+        if self.stale_minutes > self.minutes:
+            raise ValueError(
+                "stale_minutes must not exceed minutes: a position older than the meeting "
+                "itself would keep two people together after they left"
+            )
+        return self
+
+
+class VictimSettings(_Strict):
+    stale_minutes: float = Field(
+        DEFAULT_VICTIM_STALE_SECONDS / SECONDS_PER_MINUTE, ge=1, le=120,
+        title="A protected person's position is used for this many minutes",
+    )
+    max_accuracy_m: float = Field(
+        DEFAULT_VICTIM_MAX_ACCURACY_M, ge=5, le=2000,
+        title="Positions less precise than this are not used",
+    )
+    confirm: int = Field(
+        DEFAULT_VICTIM_CONFIRM, ge=1, le=10, title="Judgements in a row that confirm a change"
     )
 
 
-class CheckinSettings(Strict):
-    grace_minutes: float = Field(
-        DEFAULT_CHECKIN_GRACE_SECONDS / SECONDS_PER_MINUTE, ge=0, le=720,
-        title="Minutes after the due time before a check-in counts as missed",
-    )
-    require_verification: bool = Field(
-        True, title="Only check-ins with a passed face verification count",
-    )
-
-
-class AuthorisationSettings(Strict):
-    warn_days: int = Field(
-        DEFAULT_AUTHORISATION_WARN_DAYS, ge=1, le=60,
-        title="Days before an authorised period ends that the officer is warned",
-    )
-    alerts: AfterAuthorisation = Field(
-        AfterAuthorisation.SUPPRESS,
-        title="Outside every authorised period: suppress the subject's alerts, or continue",
-    )
-    pings: UnauthorisedPings = Field(
-        UnauthorisedPings.STORE,
-        title="Pings taken outside every authorised period: store (counted) or deadletter",
-    )
-
-
-def compile_behaviour(
-    separation: SeparationSettings, checkin: CheckinSettings,
-    authorisation: AuthorisationSettings,
-) -> BehaviourParams:
-    return BehaviourParams(
-        separation=SeparationParams(
-            distance_m=separation.distance_m,
-            seconds=separation.minutes * SECONDS_PER_MINUTE,
-            pair_seconds=separation.pair_seconds,
-            max_accuracy_m=separation.max_accuracy_m,
-            silent_device=separation.silent_device,
-        ) if separation.enabled else None,
-        checkin=CheckinParams(require_verification=checkin.require_verification),
-        authorisation=AuthorisationParams(
-            warn_seconds=authorisation.warn_days * SECONDS_PER_DAY,
-            alerts=authorisation.alerts,
-            pings=authorisation.pings,
-        ),
-    )
+class BehaviourSettings(_Strict):
+    habits: HabitSettings = Field(HabitSettings(), title="Frequent places, trajectory anomaly")
+    gathering: GatheringSettings = Field(GatheringSettings(), title="Gatherings (同案犯聚集)")
+    victims: VictimSettings = Field(VictimSettings(), title="Protected persons' mobile zones")
 
 
 # ---------------------------------------------------------------------- subjects.yaml
 
 
-def _parse_local(value: str) -> time:
-    try:
-        parsed = time.fromisoformat(value)
-    except ValueError:
-        raise ValueError(f'a local time "HH:MM", got {value!r}') from None
-    if parsed.tzinfo is not None:
-        raise ValueError("a local time without offset (check-ins are in the subject's zone)")
-    return parsed
-
-
-class CheckinModel(Strict):
-    opens: str = Field("00:00", pattern=r"^\d{1,2}:\d{2}$",
-                       title='Local time "HH:MM" from which a check-in counts')
-    due: str = Field(pattern=r"^\d{1,2}:\d{2}$", title='Local time "HH:MM" it is due by')
-    days: list[Weekday] = Field(
-        default_factory=lambda: list(WEEKDAYS), min_length=1, max_length=7,
-        title="Weekdays it is due on (all: daily)",
-    )
-    grace_minutes: float | None = Field(
-        None, ge=0, le=720, title="Minutes of grace (absent: settings' rules.checkin)"
-    )
-
-    @model_validator(mode="after")
-    def _window(self) -> CheckinModel:
-        opens, due = _parse_local(self.opens), _parse_local(self.due)
-        if opens >= due:
-            raise ValueError(f"opens {self.opens} must be before due {self.due} (same day)")
-        if len(set(self.days)) != len(self.days):
-            raise ValueError("a weekday is listed twice")
-        return self
-
-
-class AuthorisationPeriodModel(Strict):
-    start: date = Field(title="First day of the period (local date)")
-    end: date = Field(title="Last day of the period (local date, inclusive)")
-    basis: str = Field(
-        min_length=1, max_length=200,
-        title="Legal basis under Art. 29 (e.g. left the county without approval)",
-    )
-    reference: str = Field(
-        "", max_length=64, title="Approval or renewal decision number (no personal details)"
-    )
-
-    @model_validator(mode="after")
-    def _at_most_three_months(self) -> AuthorisationPeriodModel:
-        if self.end < self.start:
-            raise ValueError("end must not be before start")
-        latest = add_months(self.start, MAX_AUTHORISATION_MONTHS)
-        if self.end > latest:
-            raise ValueError(
-                f"a period lasts at most {MAX_AUTHORISATION_MONTHS} months (Art. 29): "
-                f"starting {self.start} it ends on {latest} at the latest; renew it instead"
-            )
-        return self
-
-
-class AuthorisationModel(Strict):
-    periods: list[AuthorisationPeriodModel] = Field(
-        min_length=1, max_length=200,
-        title="Authorised periods, the first one and each renewal, in order",
+class CoOffenderGroupModel(_Strict):
+    id: Identifier = Field(title="Group id (e.g. the case number, no names)")
+    subjects: list[Identifier] = Field(
+        min_length=2, max_length=MAX_GROUP_SUBJECTS, title="Subject ids of the co-offenders"
     )
 
 
-def add_months(day: date, months: int) -> date:
-    """`day` plus `months` calendar months; the month's last day if it has no such day."""
-    index = day.month - 1 + months
-    year, month = day.year + index // 12, index % 12 + 1
-    return date(year, month, min(day.day, calendar.monthrange(year, month)[1]))
+class ProtectedLinkModel(_Strict):
+    subject: Identifier = Field(title="Subject id who must keep away")
+    radius_m: float = Field(ge=10, le=20_000, title="Distance the subject must keep, metres")
+    warning_m: float = Field(
+        0.0, ge=0, le=20_000, title="Warning band beyond radius_m, metres (0: none)"
+    )
 
 
-# (key relative to the subject, value, reason, severity)
-BehaviourProblem = tuple[str, str, str, Literal["error", "warning"]]
+class ProtectedPersonModel(_Strict):
+    id: Identifier = Field(title="Protected person id (topic emon/v1/protected/<id>/location)")
+    subjects: list[ProtectedLinkModel] = Field(
+        min_length=1, max_length=MAX_LINKED_SUBJECTS, title="Subjects kept away from them"
+    )
 
 
-def check_authorisation(model: AuthorisationModel) -> list[BehaviourProblem]:
-    """Periods in order, not overlapping; a gap between two is reported as a warning
-    (monitoring is not authorised then, which may be meant)."""
-    problems: list[BehaviourProblem] = []
-    periods: Sequence[AuthorisationPeriodModel] = model.periods
-    for index in range(1, len(periods)):
-        previous, current = periods[index - 1], periods[index]
-        key = f"authorisation.periods.{index}.start"
-        if current.start <= previous.end:
-            problems.append((key, str(current.start),
-                             f"overlaps period {index - 1} (ending {previous.end}); a renewal "
-                             f"starts the day after, {previous.end + ONE_DAY}", "error"))
-        elif current.start > previous.end + ONE_DAY:
-            problems.append((key, str(current.start),
-                             f"gap after period {index - 1}: monitoring is not authorised from "
-                             f"{previous.end + ONE_DAY} to {current.start - ONE_DAY}",
-                             "warning"))
+Problem = tuple[str, str, str]  # (key, value, reason), in subjects.yaml
+
+
+def check_behaviour(
+    groups: Iterable[CoOffenderGroupModel],
+    protected: Iterable[ProtectedPersonModel],
+    subject_ids: set[str],
+) -> list[Problem]:
+    """Unique ids; every subject defined, and listed once per group or protected person."""
+    problems: list[Problem] = []
+    seen_groups: set[str] = set()
+    for index, group in enumerate(groups):
+        where = f"co_offender_groups.{index}"
+        if group.id in seen_groups:
+            problems.append((f"{where}.id", group.id, "duplicate group id"))
+        seen_groups.add(group.id)
+        members: set[str] = set()
+        for s_index, subject in enumerate(group.subjects):
+            if subject not in subject_ids:
+                problems.append((f"{where}.subjects.{s_index}", subject, "subject not defined"))
+            if subject in members:
+                problems.append((f"{where}.subjects.{s_index}", subject, "listed twice"))
+            members.add(subject)
+    seen_protected: set[str] = set()
+    for index, person in enumerate(protected):
+        where = f"protected_persons.{index}"
+        if person.id in seen_protected:
+            problems.append((f"{where}.id", person.id, "duplicate protected person id"))
+        if person.id in subject_ids:
+            problems.append((f"{where}.id", person.id, "id already used by a subject"))
+        seen_protected.add(person.id)
+        linked: set[str] = set()
+        for l_index, link in enumerate(person.subjects):
+            key = f"{where}.subjects.{l_index}.subject"
+            if link.subject not in subject_ids:
+                problems.append((key, link.subject, "subject not defined"))
+            if link.subject in linked:
+                problems.append((key, link.subject, "listed twice"))
+            linked.add(link.subject)
     return problems
 
 
-def compile_checkins(
-    models: Sequence[CheckinModel], default_grace_minutes: float
-) -> tuple[CheckinRequirement, ...]:
-    return tuple(
-        CheckinRequirement(
-            opens=_parse_local(m.opens),
-            due=_parse_local(m.due),
-            weekdays=frozenset(WEEKDAYS.index(d) for d in m.days),
-            grace_seconds=(
-                m.grace_minutes if m.grace_minutes is not None else default_grace_minutes
-            ) * SECONDS_PER_MINUTE,
-        )
-        for m in models
+def compile_behaviour(
+    settings: BehaviourSettings,
+    groups: Iterable[CoOffenderGroupModel],
+    protected: Iterable[ProtectedPersonModel],
+) -> BehaviourParams:
+    habits, gathering, victims = settings.habits, settings.gathering, settings.victims
+    return BehaviourParams(
+        habits=HabitParams(
+            enabled=habits.enabled,
+            history_days=habits.history_weeks * DAYS_PER_WEEK,
+            min_history_days=habits.min_history_days,
+            cell_m=habits.cell_m,
+            min_cell_share=habits.min_cell_share_pct / PERCENT,
+            max_places=habits.max_places,
+            max_dwell_seconds=DEFAULT_MAX_DWELL_SECONDS,
+            sample_seconds=DEFAULT_SAMPLE_SECONDS,
+            far_m=habits.far_m,
+            far_seconds_per_day=habits.far_hours_per_day * SECONDS_PER_HOUR,
+            max_accuracy_m=habits.max_accuracy_m,
+            learn_hour_utc=habits.learn_hour_utc,
+        ),
+        gathering=GatheringParams(
+            radius_m=gathering.radius_m,
+            min_seconds=gathering.minutes * SECONDS_PER_MINUTE,
+            stale_seconds=gathering.stale_minutes * SECONDS_PER_MINUTE,
+            max_accuracy_m=gathering.max_accuracy_m,
+            any_subjects=gathering.any_subjects,
+        ),
+        victims=VictimParams(
+            stale_seconds=victims.stale_minutes * SECONDS_PER_MINUTE,
+            max_accuracy_m=victims.max_accuracy_m,
+            confirm=victims.confirm,
+        ),
+        co_offender_groups={g.id: frozenset(g.subjects) for g in groups},
+        protected={
+            p.id: tuple(
+                ProtectedLink(p.id, link.subject, link.radius_m, link.warning_m)
+                for link in p.subjects
+            )
+            for p in protected
+        },
     )
-
-
-def compile_authorisation(
-    model: AuthorisationModel | None, timezone: ZoneInfo
-) -> AuthorisationSpec | None:
-    """Dates become the subject's local midnights: [start 00:00, day after end 00:00)."""
-    if model is None:
-        return None
-
-    def midnight(day: date) -> datetime:
-        return datetime.combine(day, time(0), tzinfo=timezone)
-
-    return AuthorisationSpec(tuple(
-        AuthorisationPeriod(midnight(p.start), midnight(p.end + ONE_DAY), p.basis, p.reference)
-        for p in sorted(model.periods, key=lambda p: p.start)
-    ))

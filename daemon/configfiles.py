@@ -44,6 +44,13 @@ from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
 from daemon.behavioursettings import (
+    BehaviourSettings,
+    CoOffenderGroupModel,
+    ProtectedPersonModel,
+    check_behaviour,
+    compile_behaviour,
+)
+from daemon.compliancesettings import (
     AuthorisationModel,
     CheckinModel,
     check_authorisation,
@@ -188,6 +195,10 @@ class Settings(_Strict):
         RetentionSettings(), title="How long each kind of data is kept (days)"
     )
     console: ConsoleSettings = Field(ConsoleSettings(), title="Officer console (live map)")
+    # Issue 5 part B (daemon/behavioursettings.py).
+    behaviour: BehaviourSettings = Field(
+        BehaviourSettings(), title="Habits, gatherings and protected persons"
+    )
 
 
 # ---------------------------------------------------------------------- subjects.yaml
@@ -242,7 +253,7 @@ class SubjectModel(_Strict):
     device_thresholds: dict[DeviceKind, DeviceThresholdSettings] = Field(
         default_factory=dict, title="Per device kind, thresholds replacing settings.yaml's"
     )
-    # Issue 5 part A (daemon.behavioursettings).
+    # Issue 5 part A (daemon.compliancesettings).
     checkins: list[CheckinModel] = Field(
         default_factory=list, max_length=16, title="Scheduled check-ins (日常报告)"
     )
@@ -264,6 +275,13 @@ class SubjectModel(_Strict):
 class SubjectsFile(_Strict):
     officers: list[OfficerModel] = Field(default_factory=list)
     subjects: list[SubjectModel] = Field(default_factory=list)
+    # Issue 5 part B (daemon/behavioursettings.py).
+    co_offender_groups: list[CoOffenderGroupModel] = Field(
+        default_factory=list, title="Co-offender groups watched for gatherings (同案犯聚集)"
+    )
+    protected_persons: list[ProtectedPersonModel] = Field(
+        default_factory=list, title="Protected persons and the subjects kept away from them"
+    )
 
 
 # ---------------------------------------------------------------------- schedules.yaml
@@ -837,6 +855,12 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         )
     )
 
+    problems.extend(  # issue 5 part B
+        ConfigProblem(SUBJECTS_FILE, key, value, reason)
+        for key, value, reason in check_behaviour(
+            subjects.co_offender_groups, subjects.protected_persons, seen_subjects
+        )
+    )
     configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems, leaves)
     if problems:
         raise ConfigError(problems)
@@ -889,6 +913,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         subjects=subject_specs,
         rules=compile_rule_params(settings.rules),
         alerting=compile_alerting(policies, officer_roles),
+        behaviour=compile_behaviour(
+            settings.behaviour, subjects.co_offender_groups, subjects.protected_persons
+        ),
     )
     return LoadedConfig(
         directory, settings, subjects, schedules, core, policies,

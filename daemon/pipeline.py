@@ -12,6 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
+from daemon.protectedwire import decode_protected, is_protected_topic
 from daemon.transitions import ZoneTransition, presence_changes, rule_changes, snapshot
 from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
@@ -35,6 +36,9 @@ class Outcome:
     # Taken outside every authorised monitoring period of its subject (Art. 29, issue 5):
     # the shell stores it counted or dead-letters it, as rules.authorisation.pings says.
     outside_authorisation: bool = False
+    # Issue 5: a protected person's position. Nothing of it may be stored, logged or
+    # dead-lettered; only the subjects' alerts it caused (in `transitions`) go on.
+    protected: bool = False
 
 
 class Pipeline:
@@ -62,6 +66,8 @@ class Pipeline:
 
     def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
         version = self._config.version
+        if is_protected_topic(topic):
+            return self._handle_protected(topic, payload, received_at)
         try:
             decoded = decode_any(topic, payload, received_at)
             if isinstance(decoded, IgnoredMessage):
@@ -91,6 +97,21 @@ class Pipeline:
             zone_transitions=zone_transitions,
             outside_authorisation=not self.engine.authorised(observation.device_id,
                                                              observation.ts),
+        )
+
+    def _handle_protected(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+        version = self._config.version
+        try:
+            position = decode_protected(topic, payload, received_at)
+        except WireError as error:
+            self.rejections[error.reason] += 1
+            return Outcome(rejection=error, config_version=version, protected=True)
+        findings = self.engine.observe_protected(position, received_at)
+        transitions = [t for f in findings for t in self.book.apply(f)]
+        return Outcome(
+            findings=findings, transitions=transitions, config_version=version,
+            zone_transitions=rule_changes(findings, self._config.subjects, received_at),
+            protected=True,
         )
 
     def tick(self, now: datetime) -> list[AlertTransition]:

@@ -18,11 +18,11 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from shapely.geometry.base import BaseGeometry
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
-from daemon.behavioursettings import (
+from daemon.compliancesettings import (
     AuthorisationSettings,
     CheckinSettings,
     SeparationSettings,
-    compile_behaviour,
+    compile_compliance,
 )
 from geofence.config import (
     DEFAULT_BATTERY_DWELL_READINGS,
@@ -165,7 +165,7 @@ class RuleSettings(Strict):
         title="Readings in a row at or below a threshold to confirm it",
     )
     tiers: dict[RuleId, Tier] = Field(default_factory=dict, title="Tier overrides per rule")
-    # Issue 5 part A (daemon.behavioursettings): separation, check-ins, authorisation.
+    # Issue 5 part A (daemon.compliancesettings): separation, check-ins, authorisation.
     separation: SeparationSettings = Field(
         SeparationSettings(), title="Person-device separation (人机分离)"
     )
@@ -240,7 +240,7 @@ def compile_rule_params(rules: RuleSettings) -> RuleParams:
         battery_hysteresis_pct=rules.battery_hysteresis_pct,
         battery_dwell_readings=rules.battery_dwell_readings,
         tiers={**DEFAULT_TIERS, **rules.tiers},
-        behaviour=compile_behaviour(rules.separation, rules.checkin, rules.authorisation),
+        compliance=compile_compliance(rules.separation, rules.checkin, rules.authorisation),
     )
 
 

@@ -23,7 +23,7 @@ from datetime import datetime, time, timedelta
 from enum import StrEnum
 
 from alerts.model import Finding, RuleId
-from geofence.behaviourspec import AuthorisationParams, AuthorisationSpec
+from geofence.compliancespec import AuthorisationParams, AuthorisationSpec
 from geofence.conditions import SubjectConditions
 from geofence.config import CoreConfig, SubjectSpec
 
@@ -166,7 +166,7 @@ def _expiring_if_due(
     period = spec.covering(now)
     if period is None:
         return []
-    warn = timedelta(seconds=config.rules.behaviour.authorisation.warn_seconds)
+    warn = timedelta(seconds=config.rules.compliance.authorisation.warn_seconds)
     if now < spec.chain_end(period) - warn:
         return []
     return _expiring(config, conditions, subject, spec, now)

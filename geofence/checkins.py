@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from alerts.model import Finding, RuleId
-from geofence.behaviourspec import RECENT_CHECKINS, CheckinParams, CheckinRequirement
+from geofence.compliancespec import RECENT_CHECKINS, CheckinParams, CheckinRequirement
 from geofence.conditions import SubjectConditions
 from geofence.config import CoreConfig, SubjectSpec
 from geofence.observation import DeviceEvent, DeviceEventType, DeviceKind

@@ -16,7 +16,8 @@ from zoneinfo import ZoneInfo
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
 from alerts.policy import AlertingConfig
-from geofence.behaviourspec import AuthorisationSpec, BehaviourParams, CheckinRequirement
+from geofence.behaviour_config import BehaviourParams
+from geofence.compliancespec import AuthorisationSpec, CheckinRequirement, ComplianceParams
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule
 from geofence.zones import LocalProjection, Zone, ZoneIndex, ZoneKind
@@ -154,8 +155,8 @@ class RuleParams:
     battery_hysteresis_pct: float = DEFAULT_BATTERY_HYSTERESIS_PCT
     battery_dwell_readings: int = DEFAULT_BATTERY_DWELL_READINGS
     tiers: Mapping[RuleId, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
-    # Issue 5 part A: separation, check-ins, authorisation (geofence.behaviourspec).
-    behaviour: BehaviourParams = field(default_factory=BehaviourParams)
+    # Issue 5 part A: separation, check-ins, authorisation (geofence.compliancespec).
+    compliance: ComplianceParams = field(default_factory=ComplianceParams)
     _resolved: Mapping[RuleId, ZoneRuleParams] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -266,6 +267,8 @@ class CoreConfig:
     subjects: Mapping[str, SubjectSpec]
     rules: RuleParams = RuleParams()
     alerting: AlertingConfig = field(default_factory=AlertingConfig)  # policies.yaml
+    # Issue 5 part B: habits, gatherings, protected persons (off unless configured).
+    behaviour: BehaviourParams = field(default_factory=BehaviourParams)
     devices: Mapping[str, DeviceSpec] = field(init=False)
     exclusion_index: ZoneIndex = field(init=False)
     # One small index per subject over that subject's own exclusion zones, so the cost of a

@@ -30,10 +30,13 @@ from datetime import datetime, timedelta
 
 from alerts.model import Finding
 from geofence.behaviour import BehaviourRules
+from geofence.compliance import ComplianceRules
 from geofence.config import CoreConfig
 from geofence.devicerules import DeviceRules
+from geofence.habits import LearnedPlaces
 from geofence.observation import DeviceEvent, LocationFix, Observation
 from geofence.state import DeviceState, EvalContext, Membership, PlacedFix, RuleStates
+from geofence.victims import ProtectedPosition
 from geofence.windows import FAR_FUTURE, next_boundary
 from geofence.zonerules import ZoneRules, insert_late
 
@@ -61,7 +64,9 @@ class Engine:
         self._device_rules = DeviceRules()
         self._wakeups: list[tuple[datetime, str]] = []
         # Issue 5 part A: subject-level rules (separation, check-ins, authorisation).
-        self._behaviour = BehaviourRules(self.stats)
+        self._compliance = ComplianceRules(self.stats)
+        # Issue 5 part B: habits, gatherings, protected persons (geofence.behaviour).
+        self.behaviour = BehaviourRules(self.stats)
 
     @property
     def config(self) -> CoreConfig:
@@ -79,11 +84,11 @@ class Engine:
             ctx = self._context(device_id, state)
             if ctx is not None:
                 self._reschedule(ctx, after=None)
-        self._behaviour.swap_config(config)
+        self._compliance.swap_config(config)
 
     def authorised(self, device_id: str, ts: datetime) -> bool:
         """Whether monitoring of the device's subject was authorised at `ts` (Art. 29)."""
-        return self._behaviour.authorised(self._config, device_id, ts)
+        return self._compliance.authorised(self._config, device_id, ts)
 
     def device_state(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
@@ -125,12 +130,17 @@ class Engine:
                     ctx, observation.ts, observation.battery_pct, observation, from_event=False
                 )
             findings += self._observe_fix(ctx, observation, now)
+            # Issue 5 part B: behaviour rules see evaluated in-order fixes only.
+            if state.last_fix is observation and state.last_xy is not None:
+                findings += self.behaviour.on_fix(
+                    self._config, ctx.subject, observation, state.last_xy, now
+                )
         else:
             findings += self._observe_event(ctx, observation)
         findings += self._device_rules.after_arrival(ctx, observation, now, was_silent)
         self._reschedule(ctx, after=None)
-        # ---- issue 5 part A: separation, check-ins, authorisation (geofence.behaviour)
-        return self._behaviour.after_observe(
+        # ---- issue 5 part A: separation, check-ins, authorisation (geofence.compliance)
+        return self._compliance.after_observe(
             self._config, ctx.subject, observation, now, state.last_fix is observation, findings
         )
 
@@ -285,8 +295,26 @@ class Engine:
                 heapq.heappush(work, (following, ctx.device_id, index))
         for ctx in due:
             self._reschedule(ctx, after=now)
-        # ---- issue 5 part A: check-in deadlines, authorisation moments (geofence.behaviour)
-        return self._behaviour.after_tick(self._config, now, findings)
+        # Issue 5 part B: gatherings are judged on their own grid of instants.
+        findings += self.behaviour.on_tick(self._config, now)
+        # ---- issue 5 part A: check-in deadlines, authorisation moments, and the Art. 29
+        # policy over every finding of the tick (geofence.compliance)
+        return self._compliance.after_tick(self._config, now, findings)
+
+    # ------------------------------------------------------------------ issue 5 part B
+
+    def observe_protected(self, position: ProtectedPosition, now: datetime) -> list[Finding]:
+        """A protected person's phone position (never stored; `geofence.victims`)."""
+        findings = self.behaviour.on_protected(self._config, position)
+        # Issue 5 part A: the Art. 29 policy applies to these findings too.
+        return self._compliance.filter(self._config, findings)
+
+    def set_frequent_places(self, learned: LearnedPlaces) -> None:
+        """Frequent places learnt from stored pings (daemon) or replayed ones (replay)."""
+        self.behaviour.set_frequent_places(learned)
+
+    def frequent_places(self, subject_id: str) -> LearnedPlaces | None:
+        return self.behaviour.habits.places(subject_id)
 
     def _next_moment(self, ctx: EvalContext, now: datetime) -> datetime | None:
         """The earliest moment at or before `now` (on the device's own clock for schedules)

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from alerts.model import Finding, RuleId
-from geofence.behaviourspec import SeparationParams
+from geofence.compliancespec import SeparationParams
 from geofence.conditions import SubjectConditions
 from geofence.config import CoreConfig, SubjectSpec
 from geofence.observation import DeviceEvent, DeviceEventType, DeviceKind, LocationFix, Observation

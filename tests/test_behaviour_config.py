@@ -1,136 +1,76 @@
-"""Config of issue 5 part A: check-in schedules and Art. 29 authorisation periods in
-subjects.yaml, the rule parameters in settings.yaml; `emon config check` names file, line
-and key of each problem; months are counted as the Civil Code counts them. Pure."""
+"""Config of the issue-5 part-B rules: settings.yaml `behaviour:` and subjects.yaml
+`co_offender_groups:` / `protected_persons:`; the example, and mistakes reported with the
+file, key and line as `emon config check` prints them."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, time
+import shutil
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 import pytest
 
-from daemon.behavioursettings import add_months
-from daemon.configfiles import ConfigProblem, load_config
-from daemon.configtools import check_directory
-from geofence.behaviourspec import AfterAuthorisation, UnauthorisedPings
-from tests.configkit import SETTINGS_YAML, SUBJECTS_YAML, line_of, write_config
+from daemon.configfiles import ConfigError, ConfigProblem, load_config
+from geofence.behaviour_config import ProtectedLink
 
-SHANGHAI = ZoneInfo("Asia/Shanghai")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 
 
-def _with_s_a(extra: str) -> str:
-    """SUBJECTS_YAML with `extra` (indented lines) added to subject s-a."""
-    marker = "    curfew: night\n  - id: s-b"
-    return SUBJECTS_YAML.replace(marker, "    curfew: night\n" + extra + "  - id: s-b")
+@pytest.fixture
+def config_copy(tmp_path: Path) -> Path:
+    target = tmp_path / "config"
+    shutil.copytree(CONFIG_DIR, target)
+    return target
 
 
-def _problems(directory: Path) -> list[ConfigProblem]:
-    _, found = check_directory(directory)
-    return found
+def edit(directory: Path, relative: str, old: str, new: str) -> None:
+    path = directory / relative
+    text = path.read_text(encoding="utf-8")
+    assert old in text, f"{old!r} not in {relative}: the example config changed"
+    path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
-@pytest.mark.parametrize(("start", "months", "expected"), [
-    (date(2026, 11, 20), 3, date(2027, 2, 20)),
-    (date(2026, 11, 30), 3, date(2027, 2, 28)),  # no 30 February: the month's last day
-    (date(2027, 11, 30), 3, date(2028, 2, 29)),  # leap year
-    (date(2026, 10, 31), 3, date(2027, 1, 31)),
-    (date(2026, 12, 31), 2, date(2027, 2, 28)),
-])
-def test_months_are_counted_as_the_civil_code_counts_them(
-    start: date, months: int, expected: date
-) -> None:
-    assert add_months(start, months) == expected
+def problems_of(directory: Path) -> list[ConfigProblem]:
+    with pytest.raises(ConfigError) as info:
+        load_config(directory, env={})
+    return info.value.errors
 
 
-def test_valid_check_ins_and_periods_compile_to_local_instants(tmp_path: Path) -> None:
-    directory = write_config(tmp_path / "c", subjects=_with_s_a(
-        '    checkins:\n'
-        '      - {opens: "08:00", due: "20:00"}\n'
-        '      - {due: "12:00", days: [mon], grace_minutes: 60}\n'
-        '    authorisation:\n'
-        '      periods:\n'
-        '        - {start: 2026-11-20, end: 2027-02-20, basis: "left the county"}\n'
-        '        - {start: 2027-02-21, end: 2027-05-21, basis: "renewed", reference: R1}\n'
-    ))
-    core = load_config(directory).core
-    subject = core.subjects["s-a"]
-    daily, weekly = subject.checkins
-    assert (daily.opens, daily.due, daily.grace_seconds) == (time(8), time(20), 30 * 60.0)
-    assert (weekly.weekdays, weekly.grace_seconds) == (frozenset({0}), 3600.0)
-    assert subject.authorisation is not None
-    first, renewal = subject.authorisation.periods
-    assert first.start == datetime(2026, 11, 20, tzinfo=SHANGHAI)
-    assert first.end == renewal.start == datetime(2027, 2, 21, tzinfo=SHANGHAI)
-    assert subject.authorisation.chain_end(first) == datetime(2027, 5, 22, tzinfo=SHANGHAI)
-    assert core.subjects["s-b"].authorisation is None
+def test_example_compiles_groups_protected_persons_and_tunables() -> None:
+    behaviour = load_config(CONFIG_DIR, env={}).core.behaviour
+    assert behaviour.co_offender_groups == {"case-2025-0417": frozenset({"s002", "s003"})}
+    assert behaviour.shared_groups("s003", "s002") == {"case-2025-0417"}
+    assert behaviour.links_of["s003"] == (ProtectedLink("p-0001", "s003", 500.0, 500.0),)
+    assert behaviour.gathering.min_seconds == 600.0
+    assert behaviour.victims.stale_seconds == 600.0
+    assert not behaviour.habits.enabled
+    assert behaviour.habits.far_seconds_per_day == 3 * 3600.0
 
 
-def test_a_period_longer_than_three_months_is_refused_with_its_line(tmp_path: Path) -> None:
-    directory = write_config(tmp_path / "c", subjects=_with_s_a(
-        '    authorisation:\n'
-        '      periods:\n'
-        '        - {start: 2026-11-20, end: 2027-02-21, basis: "left the county"}\n'
-    ))
-    [problem] = _problems(directory)
-    assert problem.severity == "error"
-    assert problem.key == "subjects.0.authorisation.periods.0"
-    assert problem.line == line_of(directory / "subjects.yaml", "2027-02-21")
-    assert "at most 3 months (Art. 29)" in problem.reason
-    assert "2027-02-20 at the latest" in problem.reason
+def test_unknown_and_repeated_subjects_are_reported_with_their_line(config_copy: Path) -> None:
+    edit(config_copy, "subjects.yaml", "subjects: [s002, s003]", "subjects: [s002, s009, s002]")
+    edit(config_copy, "subjects.yaml", "{subject: s003, radius_m", "{subject: s404, radius_m")
+    problems = problems_of(config_copy)
+    found = {(p.key, p.reason) for p in problems}
+    assert ("co_offender_groups.0.subjects.1", "subject not defined") in found
+    assert ("co_offender_groups.0.subjects.2", "listed twice") in found
+    assert ("protected_persons.0.subjects.0.subject", "subject not defined") in found
+    text = (config_copy / "subjects.yaml").read_text(encoding="utf-8").splitlines()
+    located = {p.key: p.line for p in problems}
+    line = located["co_offender_groups.0.subjects.1"]
+    assert line is not None
+    assert "s009" in text[line - 1]
 
 
-def test_overlapping_periods_are_an_error_and_a_gap_a_warning(tmp_path: Path) -> None:
-    directory = write_config(tmp_path / "c", subjects=_with_s_a(
-        '    authorisation:\n'
-        '      periods:\n'
-        '        - {start: 2026-06-01, end: 2026-08-31, basis: "order"}\n'
-        '        - {start: 2026-08-31, end: 2026-10-31, basis: "renewed"}\n'
-        '        - {start: 2026-11-10, end: 2027-01-31, basis: "renewed again"}\n'
-    ))
-    found = _problems(directory)
-    by_severity = {p.severity: p for p in found}
-    assert len(found) == 2
-    overlap, gap = by_severity["error"], by_severity["warning"]
-    assert overlap.key == "subjects.0.authorisation.periods.1.start"
-    assert overlap.line == line_of(directory / "subjects.yaml", "2026-08-31, end: 2026-10-31")
-    assert "overlaps period 0" in overlap.reason
-    assert "starts the day after, 2026-09-01" in overlap.reason
-    assert gap.key == "subjects.0.authorisation.periods.2.start"
-    assert gap.line == line_of(directory / "subjects.yaml", "2026-11-10")
-    assert "not authorised from 2026-11-01 to 2026-11-09" in gap.reason
+def test_cross_field_checks_of_the_settings(config_copy: Path) -> None:
+    edit(config_copy, "settings.yaml", "min_history_days: 14", "min_history_days: 40")
+    edit(config_copy, "settings.yaml", "stale_minutes: 5 ", "stale_minutes: 30 ")
+    reasons = " | ".join(p.reason for p in problems_of(config_copy))
+    assert "exceeds the 28 days of history_weeks" in reasons
+    assert "stale_minutes must not exceed minutes" in reasons
 
 
-def test_a_check_in_due_before_it_opens_is_refused(tmp_path: Path) -> None:
-    directory = write_config(tmp_path / "c", subjects=_with_s_a(
-        '    checkins:\n'
-        '      - {opens: "20:00", due: "08:00"}\n'
-    ))
-    [problem] = _problems(directory)
-    assert problem.key == "subjects.0.checkins.0"
-    assert problem.line == line_of(directory / "subjects.yaml", 'opens: "20:00"')
-    assert "must be before due" in problem.reason
-
-
-def test_rule_settings_compile_and_are_bounded(tmp_path: Path) -> None:
-    settings = SETTINGS_YAML + (
-        "rules:\n"
-        "  separation: {distance_m: 300, minutes: 10, silent_device: false}\n"
-        "  checkin: {grace_minutes: 45, require_verification: false}\n"
-        "  authorisation: {warn_days: 7, alerts: continue, pings: deadletter}\n"
-    )
-    behaviour = load_config(write_config(tmp_path / "c", settings=settings)).core.rules.behaviour
-    assert behaviour.separation is not None
-    assert (behaviour.separation.distance_m, behaviour.separation.seconds) == (300.0, 600.0)
-    assert not behaviour.separation.silent_device
-    assert not behaviour.checkin.require_verification
-    assert behaviour.authorisation.warn_seconds == 7 * 86400.0
-    assert behaviour.authorisation.alerts is AfterAuthorisation.CONTINUE
-    assert behaviour.authorisation.pings is UnauthorisedPings.DEADLETTER
-    off = SETTINGS_YAML + "rules:\n  separation: {enabled: false}\n"
-    assert load_config(write_config(tmp_path / "d", settings=off)).core.rules.behaviour \
-        .separation is None
-    bad = SETTINGS_YAML + "rules:\n  authorisation: {warn_days: 120}\n"
-    [problem] = _problems(write_config(tmp_path / "e", settings=bad))
-    assert problem.key == "rules.authorisation.warn_days"
-    assert problem.line is not None
+def test_a_protected_person_id_may_not_be_a_subject_id(config_copy: Path) -> None:
+    edit(config_copy, "subjects.yaml", "- id: p-0001", "- id: s002")
+    problems = problems_of(config_copy)
+    assert [(p.key, p.reason) for p in problems] == [
+        ("protected_persons.0.id", "id already used by a subject")]

@@ -249,9 +249,11 @@ async def test_scenarios_live_against_a_real_daemon(
     scenario_daemon: subprocess.Popen[bytes], private_broker: MosquittoProcess
 ) -> None:
     # Different subjects and devices, so the runs do not share device state in the daemon;
-    # owntracks_phone goes through the daemon's OwnTracks subscription; the last two are
-    # issue 5's subject-level rules (separation of tag and phone, a failed face check).
-    for name in ("strap_open", "owntracks_phone", "exclusion_entry",
+    # owntracks_phone goes through the daemon's OwnTracks subscription. co_offender_gathering
+    # runs first: gatherings are judged on one grid of instants for the whole fleet, which
+    # never goes back (an older day's fixes would be dropped as late). The last two are
+    # issue 5 part A's subject-level rules (tag and phone apart, a failed face check).
+    for name in ("co_offender_gathering", "strap_open", "owntracks_phone", "exclusion_entry",
                  "person_device_separation", "checkin_verification_failed"):
         scenario = load_scenario(SCENARIOS / f"{name}.yaml")
         result = await run_live(

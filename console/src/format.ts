@@ -21,6 +21,12 @@ const RULES: Record<string, string> = {
   checkin_verification_failed: "Check-in face check failed",
   authorisation_expiring: "Monitoring authorisation ending",
   monitoring_unauthorised: "Monitoring not authorised",
+  // Issue 5 part B.
+  trajectory_anomaly: "Day far from usual places",
+  co_offender_gathering: "Met a co-offender",
+  gathering: "Met another subject",
+  victim_proximity: "Near a protected person",
+  victim_approach: "Approaching a protected person",
 };
 
 const DISPOSITIONS: Record<string, string> = {

@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 from alerts.model import Finding, FindingKind, RuleId
 from geofence.authorisation import AUTHORISATION_RULES
-from geofence.behaviourspec import (
+from geofence.compliancespec import (
     AfterAuthorisation,
     AuthorisationParams,
     AuthorisationPeriod,
     AuthorisationSpec,
-    BehaviourParams,
     CheckinRequirement,
+    ComplianceParams,
     SeparationParams,
 )
 from geofence.config import CoreConfig
@@ -60,7 +60,7 @@ def behaviour_config(
     devices = ((TAG, DeviceKind.PHONE), (PHONE, DeviceKind.WEARABLE)) if swap_kinds else (
         (TAG, DeviceKind.WEARABLE), (PHONE, DeviceKind.PHONE))
     base = make_rules_config(with_leave=False, devices=devices)
-    rules = dataclasses.replace(base.rules, behaviour=BehaviourParams(
+    rules = dataclasses.replace(base.rules, compliance=ComplianceParams(
         separation=separation, authorisation=AuthorisationParams(alerts=after),
     ))
     subject = dataclasses.replace(base.subjects[SUBJECT], checkins=checkins,

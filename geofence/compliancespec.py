@@ -1,9 +1,9 @@
 """Compiled parameters of the issue-5 (part A) rules: person-device separation, scheduled
 check-ins, monitoring authorisation (Community Corrections Law Art. 29).
 
-Plain immutable data, built by `daemon.behavioursettings` from the operator files; the rules
+Plain immutable data, built by `daemon.compliancesettings` from the operator files; the rules
 live in `geofence.separation`, `geofence.checkins` and `geofence.authorisation`, run by
-`geofence.behaviour`. Every default carries its reason (docs/rules.md repeats them).
+`geofence.compliance`. Every default carries its reason (docs/rules.md repeats them).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class AuthorisationParams:
 
 
 @dataclass(frozen=True, slots=True)
-class BehaviourParams:
+class ComplianceParams:
     """None switches a rule family off (a bare `RuleParams()` built in code has none of
     them; the operator config always has separation and authorisation parameters)."""
 
