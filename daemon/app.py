@@ -42,6 +42,7 @@ from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
 from daemon.protectedwire import PROTECTED_SUBSCRIPTION
+from daemon.ratelimit import RateLimiter, rate_limit_middleware
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
@@ -164,6 +165,7 @@ class Daemon:
             loaded.directory, loaded, self._apply_config, self._publish_operators,
             record=self._record_config_version,
         )
+        self._rate_limiter = RateLimiter(loaded.settings.rate_limit)
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -237,12 +239,15 @@ class Daemon:
                 silence_max_seconds=self._loaded.policies.silences.max_seconds,
             )
             actions.on_silence_change = alerting.sweep_soon
+            actions.reload_status = self._reloader.status.to_json
+            actions.reload_requested = self._reloader.request_reload
             self._commands = CommandHandler(actions, self._reply)
             console = ConsoleService(self._loaded, self._pipeline, actions, pool)
             http = await stack.enter_async_context(
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
                     [*api_routes(actions), *console.routes()],
+                    [rate_limit_middleware(self._rate_limiter)],
                 )
             )
             self.http_port = http.bound_port
@@ -358,14 +363,17 @@ class Daemon:
                 # one row.
                 client._client.manual_ack_set(True)
                 async with client:
-                    self._mqtt_connected = True
-                    metrics.MQTT_CONNECTED.set(1)
                     delay = RECONNECT_MIN_SECONDS
                     _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
                     if not self._stopping:
                         for topic in (*DEVICE_SUBSCRIPTIONS, PROTECTED_SUBSCRIPTION,
                                       COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
+                    # Healthy only once subscribed: a new session (first start, new client
+                    # id) receives nothing published before its subscriptions exist.
+                    self._mqtt_connected = True
+                    metrics.MQTT_CONNECTED.set(1)
+                    if not self._stopping:
                         self.ready.set()
                     # Acknowledgements of this connection only: after a reconnect the
                     # broker redelivers what was not acknowledged.
@@ -734,6 +742,8 @@ class Daemon:
         self._loaded = new
         if self._console is not None:
             self._console.swap_config(new)
+        if new.settings.rate_limit != old.settings.rate_limit:
+            self._rate_limiter.reconfigure(new.settings.rate_limit)
         # Connections and listeners keep the settings they were opened with; notifier
         # endpoints, contacts and the sweep are built once by the AlertingService. The
         # escalation ladders, inhibitions and leave mutes are in the core: they apply now.

@@ -61,6 +61,7 @@ from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_in
 from daemon.configparse import ConfigParseError, load_json
 from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
+from daemon.ratelimit import RateLimitSettings
 from daemon.rulesettings import (
     SECONDS_PER_MINUTE,
     DeviceThresholdSettings,
@@ -195,6 +196,9 @@ class Settings(_Strict):
         RetentionSettings(), title="How long each kind of data is kept (days)"
     )
     console: ConsoleSettings = Field(ConsoleSettings(), title="Officer console (live map)")
+    rate_limit: RateLimitSettings = Field(
+        RateLimitSettings(), title="Request rate limits of the API and console (docs/access.md)"
+    )
     # Issue 5 part B (daemon/behavioursettings.py).
     behaviour: BehaviourSettings = Field(
         BehaviourSettings(), title="Habits, gatherings and protected persons"
