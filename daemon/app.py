@@ -500,7 +500,7 @@ class Daemon:
         assert self._writer is not None
         target = await self._writer.put(
             observation, outcome.subject_id, outcome.config_version,
-            outside_authorisation=outcome.outside_authorisation,  # Art. 29 (migration 0007)
+            outside_authorisation=outcome.outside_authorisation,  # Art. 29 (migration 0008)
         )
         target = await self._store_zone_transitions(outcome) or target
         if self._console is not None:

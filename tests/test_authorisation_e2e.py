@@ -88,7 +88,7 @@ async def test_ping_outside_authorisation_is_dead_lettered_and_alerted(
 
 
 async def test_writer_flags_pings_outside_authorisation(pg_dsn: str) -> None:
-    # Policy `store`: the ping is kept, with the flag (migration 0007); others stay NULL.
+    # Policy `store`: the ping is kept, with the flag (migration 0008); others stay NULL.
     await migrate(pg_dsn)
     now = datetime.now(UTC).replace(microsecond=0)
     lon, lat = HOME_S001

@@ -355,7 +355,7 @@ def encode(
 ) -> tuple[int, tuple[Any, ...]]:
     """(table index, column values) for one row; InvalidRowError if unstorable.
     `outside_authorisation` flags a ping taken outside its subject's authorised monitoring
-    (Art. 29, migration 0007); stored as NULL when False.
+    (Art. 29, migration 0008); stored as NULL when False.
 
     On the hot path (every ping): values are atoms only (str, float, datetime,
     None), see `_JsonTextDumper`; enum values are read as `_value_` (documented, and

@@ -1,4 +1,4 @@
--- 0007 (issue 5): a ping taken outside its subject's authorised monitoring periods
+-- 0008 (issue 5): a ping taken outside its subject's authorised monitoring periods
 -- (Community Corrections Law Art. 29) under `rules.authorisation.pings: store` is stored
 -- with this flag, so it can be found, withheld from ordinary use and purged; NULL means
 -- "within authorisation, or no authorisation recorded" (no default: adding the column
