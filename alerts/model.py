@@ -35,6 +35,12 @@ class RuleId(StrEnum):
     POWER_OFF = "power_off"  # the device reported being switched off
     BATTERY_LOW = "battery_low"  # battery at or below the low threshold
     BATTERY_CRITICAL = "battery_critical"  # battery at or below the critical threshold
+    # Issue 5 part A (docs/rules.md): separation, check-ins, monitoring authorisation.
+    PERSON_DEVICE_SEPARATION = "person_device_separation"  # 人机分离: tag and phone apart
+    CHECKIN_MISSED = "checkin_missed"  # 日常报告: no check-in by the due time + grace
+    CHECKIN_VERIFICATION_FAILED = "checkin_verification_failed"  # face check failed
+    AUTHORISATION_EXPIRING = "authorisation_expiring"  # Art. 29 period ends in N days
+    MONITORING_UNAUTHORISED = "monitoring_unauthorised"  # data outside any authorised period
     # Issue 5 part B: habits, gatherings, victims (docs/rules.md).
     TRAJECTORY_ANOMALY = "trajectory_anomaly"  # 日常轨迹异常: a day far from the usual places
     CO_OFFENDER_GATHERING = "co_offender_gathering"  # 同案犯聚集: a co-offender group met
@@ -58,6 +64,12 @@ DEFAULT_TIERS: dict[RuleId, Tier] = {
     RuleId.EXCLUSION_APPROACH: Tier.LOW,
     RuleId.GNSS_LOST: Tier.LOW,
     RuleId.BATTERY_LOW: Tier.LOW,
+    # Issue 5 part A (docs/rules.md says why).
+    RuleId.PERSON_DEVICE_SEPARATION: Tier.HIGH,
+    RuleId.CHECKIN_VERIFICATION_FAILED: Tier.HIGH,
+    RuleId.CHECKIN_MISSED: Tier.LOW,
+    RuleId.AUTHORISATION_EXPIRING: Tier.LOW,
+    RuleId.MONITORING_UNAUTHORISED: Tier.LOW,
     # Issue 5 part B (docs/rules.md says why each tier).
     RuleId.TRAJECTORY_ANOMALY: Tier.LOW,
     RuleId.CO_OFFENDER_GATHERING: Tier.HIGH,

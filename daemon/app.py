@@ -67,6 +67,7 @@ from daemon.wire import (
     deadletter_payload,
     device_id_of_topic,
 )
+from geofence.compliancespec import UnauthorisedPings
 from geofence.windows import ConfigLeaveCalendar
 
 _LOGGER = logging.getLogger(__name__)
@@ -549,6 +550,10 @@ class Daemon:
             )
         if outcome.protected:
             return await self._handle_protected(outcome)
+        if outcome.outside_authorisation:  # issue 5 part A: Art. 29, rules.authorisation.pings
+            target = await self._outside_authorisation(topic, payload, received_at, outcome)
+            if target is not None:
+                return target
         if outcome.rejection is not None:
             reason = outcome.rejection.reason.value
             metrics.MESSAGES_REJECTED.labels(reason).inc()
@@ -573,7 +578,10 @@ class Daemon:
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
         self._handle_stage = "store"
-        target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
+        target = await self._writer.put(
+            observation, outcome.subject_id, outcome.config_version,
+            outside_authorisation=outcome.outside_authorisation,  # Art. 29 (migration 0008)
+        )
         target = await self._store_zone_transitions(outcome) or target
         self._handle_stage = "dispatch"
         if self._console is not None:
@@ -582,6 +590,29 @@ class Daemon:
             await self._dispatch(outcome.transitions)
         return target
 
+    async def _outside_authorisation(
+        self, topic: str, payload: bytes, received_at: datetime, outcome: Outcome
+    ) -> int | None:
+        """An observation taken outside its subject's authorised monitoring: counted, and
+        with policy `deadletter` not stored but dead-lettered (its alerts, e.g. the
+        monitoring_unauthorised one, still go out). None: store it as usual."""
+        action = self._pipeline.config.rules.compliance.authorisation.pings
+        metrics.OUTSIDE_AUTHORISATION.labels(action.value).inc()
+        if action is UnauthorisedPings.STORE:
+            return None
+        error = WireError(RejectReason.OUTSIDE_AUTHORISATION, "no authorised monitoring period")
+        metrics.MESSAGES_REJECTED.labels(error.reason.value).inc()
+        body = deadletter_payload(topic, payload, received_at, error)
+        self._enqueue_nowait(
+            OutboundMessage(
+                "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
+                json.dumps(body, ensure_ascii=False).encode(), qos=0,
+            )
+        )
+        if outcome.transitions:
+            await self._dispatch(outcome.transitions)
+        assert self._writer is not None
+        return self._writer.seq
     async def _handle_protected(self, outcome: Outcome) -> int:
         """Issue 5: a protected person's position was judged and is forgotten: never
         stored, logged, dead-lettered or shown; only the subjects' alerts go on."""

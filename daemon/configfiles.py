@@ -50,6 +50,13 @@ from daemon.behavioursettings import (
     check_behaviour,
     compile_behaviour,
 )
+from daemon.compliancesettings import (
+    AuthorisationModel,
+    CheckinModel,
+    check_authorisation,
+    compile_authorisation,
+    compile_checkins,
+)
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.configparse import ConfigParseError, load_json
 from daemon.console.settings import ConsoleSettings
@@ -249,6 +256,13 @@ class SubjectModel(_Strict):
     )
     device_thresholds: dict[DeviceKind, DeviceThresholdSettings] = Field(
         default_factory=dict, title="Per device kind, thresholds replacing settings.yaml's"
+    )
+    # Issue 5 part A (daemon.compliancesettings).
+    checkins: list[CheckinModel] = Field(
+        default_factory=list, max_length=16, title="Scheduled check-ins (日常报告)"
+    )
+    authorisation: AuthorisationModel | None = Field(
+        None, title="Legal basis and periods of electronic monitoring (Art. 29)"
     )
 
     @field_validator("timezone")
@@ -822,6 +836,12 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
                 )
             )
         problems.extend(_check_subject_rules(where, subject, zone_ref, schedule_ref, kinds))
+        if subject.authorisation is not None:  # issue 5 part A: Art. 29 periods
+            for key, value, reason, severity in check_authorisation(subject.authorisation):
+                if severity == "warning":
+                    problems.warn(SUBJECTS_FILE, f"{where}.{key}", value, reason)
+                else:
+                    problems.append(ConfigProblem(SUBJECTS_FILE, f"{where}.{key}", value, reason))
 
     region = settings.region
 
@@ -885,6 +905,8 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
                 kind: compile_thresholds(kinds[kind], given)
                 for kind, given in s.device_thresholds.items()
             },
+            checkins=compile_checkins(s.checkins, settings.rules.checkin.grace_minutes),
+            authorisation=compile_authorisation(s.authorisation, ZoneInfo(s.timezone)),
         )
         for s in subjects.subjects
     }

@@ -14,6 +14,11 @@ MESSAGES_FAILED = Counter(
     "emon_messages_failed_total",
     "Messages whose handling raised unexpectedly (dead-lettered as internal_error)", ["stage"],
 )
+OUTSIDE_AUTHORISATION = Counter(
+    "emon_observations_outside_authorisation_total",
+    "Observations taken outside their subject's authorised monitoring (Art. 29), by what "
+    "was done with them (rules.authorisation.pings: store or deadletter)", ["action"],
+)
 MESSAGES_IGNORED = Counter(
     "emon_messages_ignored_total",
     "Well-formed device messages with nothing to evaluate (e.g. OwnTracks lwt)", ["reason"],

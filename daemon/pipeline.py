@@ -33,6 +33,9 @@ class Outcome:
     config_version: str = ""
     # Confirmed zone presence changes and zone-rule findings, as rows for zone_transitions.
     zone_transitions: list[ZoneTransition] = field(default_factory=list)
+    # Taken outside every authorised monitoring period of its subject (Art. 29, issue 5):
+    # the shell stores it counted or dead-letters it, as rules.authorisation.pings says.
+    outside_authorisation: bool = False
     # Issue 5: a protected person's position. Nothing of it may be stored, logged or
     # dead-lettered; only the subjects' alerts it caused (in `transitions`) go on.
     protected: bool = False
@@ -100,6 +103,8 @@ class Pipeline:
         return Outcome(
             observation, spec.subject_id, findings, transitions, config_version=version,
             zone_transitions=zone_transitions,
+            outside_authorisation=not self.engine.authorised(observation.device_id,
+                                                             observation.ts),
         )
 
     def _handle_protected(

@@ -18,6 +18,12 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 from shapely.geometry.base import BaseGeometry
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
+from daemon.compliancesettings import (
+    AuthorisationSettings,
+    CheckinSettings,
+    SeparationSettings,
+    compile_compliance,
+)
 from geofence.config import (
     DEFAULT_BATTERY_DWELL_READINGS,
     DEFAULT_BATTERY_HYSTERESIS_PCT,
@@ -159,6 +165,14 @@ class RuleSettings(Strict):
         title="Readings in a row at or below a threshold to confirm it",
     )
     tiers: dict[RuleId, Tier] = Field(default_factory=dict, title="Tier overrides per rule")
+    # Issue 5 part A (daemon.compliancesettings): separation, check-ins, authorisation.
+    separation: SeparationSettings = Field(
+        SeparationSettings(), title="Person-device separation (人机分离)"
+    )
+    checkin: CheckinSettings = Field(CheckinSettings(), title="Scheduled check-ins (日常报告)")
+    authorisation: AuthorisationSettings = Field(
+        AuthorisationSettings(), title="Authorised monitoring periods (Art. 29)"
+    )
 
     @field_validator("zone_overrides")
     @classmethod
@@ -226,6 +240,7 @@ def compile_rule_params(rules: RuleSettings) -> RuleParams:
         battery_hysteresis_pct=rules.battery_hysteresis_pct,
         battery_dwell_readings=rules.battery_dwell_readings,
         tiers={**DEFAULT_TIERS, **rules.tiers},
+        compliance=compile_compliance(rules.separation, rules.checkin, rules.authorisation),
     )
 
 

@@ -61,6 +61,8 @@ class RejectReason(StrEnum):
     # Never from the decoder: the daemon's reader uses it for a message whose handling
     # raised unexpectedly (a bug), so it is dead-lettered like a refusal.
     INTERNAL_ERROR = "internal_error"
+    # Issue 5: taken outside the subject's authorised monitoring (Art. 29), policy deadletter.
+    OUTSIDE_AUTHORISATION = "outside_authorisation"
 
 
 class WireError(Exception):

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
 from alerts.policy import AlertingConfig
 from geofence.behaviour_config import BehaviourParams
+from geofence.compliancespec import AuthorisationSpec, CheckinRequirement, ComplianceParams
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule
 from geofence.zones import LocalProjection, Zone, ZoneIndex, ZoneKind
@@ -154,6 +155,8 @@ class RuleParams:
     battery_hysteresis_pct: float = DEFAULT_BATTERY_HYSTERESIS_PCT
     battery_dwell_readings: int = DEFAULT_BATTERY_DWELL_READINGS
     tiers: Mapping[RuleId, Tier] = field(default_factory=lambda: dict(DEFAULT_TIERS))
+    # Issue 5 part A: separation, check-ins, authorisation (geofence.compliancespec).
+    compliance: ComplianceParams = field(default_factory=ComplianceParams)
     _resolved: Mapping[RuleId, ZoneRuleParams] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -236,6 +239,10 @@ class SubjectSpec:
     leaves: tuple[LeaveSpec, ...] = ()
     # Per device kind, complete thresholds that replace the rule defaults for this subject.
     device_thresholds: Mapping[DeviceKind, DeviceThresholds] = field(default_factory=dict)
+    # Issue 5 part A: scheduled check-ins (日常报告) and authorised monitoring (Art. 29);
+    # None: no authorisation recorded, monitoring is treated as authorised without end.
+    checkins: tuple[CheckinRequirement, ...] = ()
+    authorisation: AuthorisationSpec | None = None
 
     @property
     def exclusion_zone_ids(self) -> frozenset[str]:

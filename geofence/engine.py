@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 
 from alerts.model import Finding
 from geofence.behaviour import BehaviourRules
+from geofence.compliance import ComplianceRules
 from geofence.config import CoreConfig
 from geofence.devicerules import DeviceRules
 from geofence.habits import LearnedPlaces
@@ -62,6 +63,8 @@ class Engine:
         self._zone_rules = ZoneRules()
         self._device_rules = DeviceRules()
         self._wakeups: list[tuple[datetime, str]] = []
+        # Issue 5 part A: subject-level rules (separation, check-ins, authorisation).
+        self._compliance = ComplianceRules(self.stats)
         # Issue 5 part B: habits, gatherings, protected persons (geofence.behaviour).
         self.behaviour = BehaviourRules(self.stats)
 
@@ -81,6 +84,11 @@ class Engine:
             ctx = self._context(device_id, state)
             if ctx is not None:
                 self._reschedule(ctx, after=None)
+        self._compliance.swap_config(config)
+
+    def authorised(self, device_id: str, ts: datetime) -> bool:
+        """Whether monitoring of the device's subject was authorised at `ts` (Art. 29)."""
+        return self._compliance.authorised(self._config, device_id, ts)
 
     def device_state(self, device_id: str) -> DeviceState | None:
         return self._devices.get(device_id)
@@ -131,7 +139,10 @@ class Engine:
             findings += self._observe_event(ctx, observation)
         findings += self._device_rules.after_arrival(ctx, observation, now, was_silent)
         self._reschedule(ctx, after=None)
-        return findings
+        # ---- issue 5 part A: separation, check-ins, authorisation (geofence.compliance)
+        return self._compliance.after_observe(
+            self._config, ctx.subject, observation, now, state.last_fix is observation, findings
+        )
 
     def _observe_event(self, ctx: EvalContext, event: DeviceEvent) -> list[Finding]:
         ctx.state.recent_events.append((event.ts, event.type))
@@ -286,13 +297,17 @@ class Engine:
             self._reschedule(ctx, after=now)
         # Issue 5 part B: gatherings are judged on their own grid of instants.
         findings += self.behaviour.on_tick(self._config, now)
-        return findings
+        # ---- issue 5 part A: check-in deadlines, authorisation moments, and the Art. 29
+        # policy over every finding of the tick (geofence.compliance)
+        return self._compliance.after_tick(self._config, now, findings)
 
     # ------------------------------------------------------------------ issue 5 part B
 
     def observe_protected(self, position: ProtectedPosition, now: datetime) -> list[Finding]:
         """A protected person's phone position (never stored; `geofence.victims`)."""
-        return self.behaviour.on_protected(self._config, position)
+        findings = self.behaviour.on_protected(self._config, position)
+        # Issue 5 part A: the Art. 29 policy applies to these findings too.
+        return self._compliance.filter(self._config, findings)
 
     def set_frequent_places(self, learned: LearnedPlaces) -> None:
         """Frequent places learnt from stored pings (daemon) or replayed ones (replay)."""

@@ -182,8 +182,10 @@ def test_written_config_accepts_every_device_and_replay_refuses_nothing(
     # The fleet is compliant: a zone alert is a false alert; never a tamper or a zone the
     # subject never went near. The device conditions it simulates (batteries running down,
     # dead batteries, coverage outages) are true alerts of the issue-4 device rules.
+    # A tag silent (coverage outage, dead battery) while the phone reports is, by the
+    # issue-5 definition, a person-device separation as well: true too.
     device_conditions = {"battery_low", "battery_critical", "power_off", "device_silent",
-                         "gnss_lost"}
+                         "gnss_lost", "person_device_separation"}
     assert {a["rule"] for a in opened} <= {"curfew_away", "boundary_exit"} | device_conditions
 
 

@@ -231,10 +231,11 @@ def test_reject_reason(topic: str, raw: bytes, expected: RejectReason) -> None:
 
 def test_every_reject_reason_is_produced_by_some_input() -> None:
     # UNKNOWN_DEVICE: see the pipeline test; UNSUPPORTED_PAYLOAD: tests/test_owntracks.py;
-    # INTERNAL_ERROR: the daemon's reader, tests/test_faults_reader.py.
+    # INTERNAL_ERROR: the daemon's reader, tests/test_faults_reader.py;
+    # OUTSIDE_AUTHORISATION (a policy, not the decoder): tests/test_authorisation_e2e.py.
     produced = {r[3] for r in REJECTS} | {
         RejectReason.UNKNOWN_DEVICE, RejectReason.UNSUPPORTED_PAYLOAD,
-        RejectReason.INTERNAL_ERROR,
+        RejectReason.INTERNAL_ERROR, RejectReason.OUTSIDE_AUTHORISATION,
     }
     assert produced == set(RejectReason)
 

@@ -16,6 +16,11 @@ const RULES: Record<string, string> = {
   power_off: "Device switched off",
   battery_low: "Battery low",
   battery_critical: "Battery critical",
+  person_device_separation: "Tag and phone separated",
+  checkin_missed: "Check-in missed",
+  checkin_verification_failed: "Check-in face check failed",
+  authorisation_expiring: "Monitoring authorisation ending",
+  monitoring_unauthorised: "Monitoring not authorised",
   // Issue 5 part B.
   trajectory_anomaly: "Day far from usual places",
   co_offender_gathering: "Met a co-offender",

@@ -196,7 +196,7 @@ _CONFLICT_ERRORS: Final = (
 
 _PING_TYPES: Final = [
     "text", "text", "timestamptz", "timestamptz", "float8", "float8", "float4", "text",
-    "float4", "jsonb", "text",
+    "float4", "jsonb", "text", "bool",
 ]  # fmt: skip
 
 # Plain layout: creates the day partitions of a table for a range of days (migration 0005).
@@ -260,14 +260,15 @@ _TABLES: Final = (
         name="pings",
         columns=(
             "device_id, subject_id, ts, received_at, lat, lon, acc_m, src, battery_pct, extra,"
-            " config_version"
+            " config_version, outside_authorisation"
         ),
         types=_PING_TYPES,
         key="device_id, ts",
         column_defs=(
             'device_id text COLLATE "C", subject_id text COLLATE "C", ts timestamptz,'
             " received_at timestamptz, lat float8, lon float8, acc_m float4, src text,"
-            " battery_pct float4, extra jsonb, config_version text"
+            " battery_pct float4, extra jsonb, config_version text,"
+            " outside_authorisation boolean"
         ),
         ts_index=2,
     ),
@@ -347,9 +348,14 @@ def _naive(obs: Storable) -> InvalidRowError:
 
 
 def encode(
-    obs: Storable, subject_id: str, config_version: str | None = None
+    obs: Storable,
+    subject_id: str,
+    config_version: str | None = None,
+    outside_authorisation: bool = False,
 ) -> tuple[int, tuple[Any, ...]]:
     """(table index, column values) for one row; InvalidRowError if unstorable.
+    `outside_authorisation` flags a ping taken outside its subject's authorised monitoring
+    (Art. 29, migration 0008); stored as NULL when False.
 
     On the hot path (every ping): values are atoms only (str, float, datetime,
     None), see `_JsonTextDumper`; enum values are read as `_value_` (documented, and
@@ -362,6 +368,7 @@ def encode(
         return _PINGS, (
             obs.device_id, subject_id, obs.ts, obs.received_at, obs.lat, obs.lon,
             obs.accuracy_m, obs.source._value_, obs.battery_pct, extra, config_version,
+            True if outside_authorisation else None,
         )  # fmt: skip
     if isinstance(obs, DeviceEvent):
         attributes = _dump_json(obs.attributes, "attributes")
@@ -710,11 +717,16 @@ class PingWriter:
     # -- producers ---------------------------------------------------------------
 
     async def put(
-        self, obs: Storable, subject_id: str, config_version: str | None = None
+        self,
+        obs: Storable,
+        subject_id: str,
+        config_version: str | None = None,
+        *,
+        outside_authorisation: bool = False,
     ) -> int:
         """Buffer one row, waiting for room if the buffer is full; returns its target
         for `wait_durable`. `config_version`: the config the core decided it against."""
-        table, values = encode(obs, subject_id, config_version)
+        table, values = encode(obs, subject_id, config_version, outside_authorisation)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
         if len(self._rows) >= self._capacity:
