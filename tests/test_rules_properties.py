@@ -279,7 +279,11 @@ def test_same_input_same_findings_and_alternating_conditions(
 @given(steps=st.lists(step_st, max_size=50), start_hour=st.sampled_from([8, 12, 21]))
 def test_when_ticks_run_does_not_change_decisions(steps: list[Step], start_hour: int) -> None:
     observations = _observations(steps, local(start_hour, day=DAY + timedelta(days=1)))
-    until = (observations[-1].ts if observations else local(start_hour)) + timedelta(hours=1)
+    last = (observations[-1].ts if observations else local(start_hour)) + timedelta(hours=1)
+    # End on an instant of every grid (60 s is a multiple of 5 and 15): a run that stopped
+    # between two ticks of the coarse grid would not yet have judged what the fine grid
+    # judged in that tail (a silence due 30 s before the end), which is not a disagreement.
+    until = last + timedelta(seconds=-last.timestamp() % 60)
     results = []
     for seconds in (5, 15, 60):
         engine = _no_gnss_config()
