@@ -96,7 +96,9 @@ class Engine:
         if observation.device_id not in self._config.devices:
             self.stats["unknown_device"] += 1
             return []
-        state = self._devices.setdefault(observation.device_id, DeviceState())
+        state = self._devices.get(observation.device_id)
+        if state is None:  # not setdefault: a DeviceState is costly to build per message
+            state = self._devices[observation.device_id] = DeviceState()
         ctx = self._context(observation.device_id, state)
         assert ctx is not None
         if isinstance(observation, DeviceEvent):
