@@ -193,7 +193,7 @@ class RunningDaemon:
 
     def metrics(self) -> dict[str, float]:
         url = f"http://127.0.0.1:{self.http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=10) as response:
             text = response.read().decode()
         out: dict[str, float] = {}
         for line in text.splitlines():
@@ -231,7 +231,7 @@ def start_daemon(config: Path, broker: MosquittoProcess, dsn: str, work: Path) -
             raise RuntimeError(f"daemon exited: {log.read_text()[-2000:]}")
         with contextlib.suppress(OSError, ValueError):
             url = f"http://127.0.0.1:{http_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=2) as response:
                 if json.loads(response.read()).get("mqtt_connected"):
                     time.sleep(1.0)  # subscriptions follow the connection
                     return daemon
@@ -403,7 +403,7 @@ class ProbeResult:
         if not self.latencies_ms:
             return math.nan
         ordered = sorted(self.latencies_ms)
-        return ordered[min(len(ordered) - 1, int(math.ceil(q * len(ordered))) - 1)]
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
 def _fix_ts(alert: dict[str, Any]) -> float | None:
@@ -586,6 +586,7 @@ class Drain:
     seconds: float
     start_s: float
     dropped: int
+    cpu_us_per_ping: float  # the daemon's own CPU time per stored ping while draining
     samples: list[float]
 
 
@@ -611,26 +612,30 @@ def run_drain(work: Path, broker: MosquittoProcess, watch: DroppedWatch, dsn: st
     try:
         last, last_at = count_pings(dsn), time.monotonic()
         first_at: float | None = None
+        first_rows, first_cpu, cpu_us = 0, 0.0, math.nan
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS + backlog / 100.0
         while last < queued and time.monotonic() < deadline:
             time.sleep(DRAIN_SAMPLE_SECONDS)
             rows, now = count_pings(dsn), time.monotonic()
             if rows > last:
                 if first_at is None:
-                    first_at = now
+                    first_at, first_rows = now, rows
+                    first_cpu = cpu_seconds(daemon.process.pid)
                     if profile is not None:
                         spy = profile_daemon(daemon, PROFILE_SECONDS, profile)
                 else:
                     samples.append((rows - last) / (now - last_at))
             last, last_at = rows, now
         seconds = time.monotonic() - (first_at or begin)
+        if first_at is not None and last > first_rows:
+            cpu_us = (cpu_seconds(daemon.process.pid) - first_cpu) / (last - first_rows) * 1e6
     finally:
         if spy is not None:
             spy.wait(PROFILE_SECONDS + 30)
         stop_daemon(daemon)
     steady = samples[:-1] or samples  # the last sample ends with the backlog
     return Drain(queued, last, statistics.median(steady) if steady else 0.0, seconds, start_s,
-                 watch.value, samples)
+                 watch.value, cpu_us, samples)
 
 
 # ---------------------------------------------------------------------- memory (core)
@@ -752,7 +757,9 @@ def main() -> int:
                       f"(x{ratio:.2f} of {sizes.zone_counts[0]} zones; "
                       f"x{result.rate / limits.get('aiomqtt_receive', math.inf):.2f} of "
                       f"aiomqtt, x{result.rate / limits.get('copy_rows', math.inf):.3f} "
-                      f"of COPY); {result.stored:,}/{result.queued:,} stored, broker dropped "
+                      f"of COPY); daemon CPU {result.cpu_us_per_ping:,.0f} us/ping = "
+                      f"{1e6 / result.cpu_us_per_ping:,.0f} pings/s per dedicated core; "
+                      f"{result.stored:,}/{result.queued:,} stored, broker dropped "
                       f"{result.dropped}; daemon start {result.start_s:.0f} s; "
                       f"{load_average()}")
                 results.setdefault("capacity", {})[zones] = result.__dict__
@@ -771,11 +778,13 @@ def main() -> int:
                     sustained = run_throughput(daemon, broker, watch, rate, devices,
                                                sustained_s, drain=True)
                     results["sustained"] = sustained.__dict__
+                    complete = ("all" if sustained.stored_total >= sustained.acknowledged
+                                else "MISSING")
                     print(f"\nsustained: offered {rate:,.0f} msg/s (90 % of capacity, {middle:,}"
                           f" zones) for {sustained_s:.0f} s: {sustained.acknowledged:,} "
                           f"publishes acknowledged, {sustained.stored_total:,} rows stored "
-                          f"({'all' if sustained.stored_total >= sustained.acknowledged else 'MISSING'}"
-                          f"), steady {sustained.stored_rate:,.0f} pings/s, broker dropped "
+                          f"({complete}), steady {sustained.stored_rate:,.0f} pings/s, "
+                          f"broker dropped "
                           f"{sustained.dropped if sustained.dropped >= 0 else '(no $SYS yet)'}, "
                           f"{load_average()}")
                     per_10k = (sustained.rss_after - sustained.rss_before) / devices * 10_000

@@ -18,13 +18,13 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.configfiles import load_config
-from daemon.replay import ReplayMessage, Replayer, parse_line
+from daemon.replay import Replayer, ReplayMessage, parse_line
 from simulators.cli_fleet import write_fleet_config
 from simulators.fleet import build_fleet, fleet_messages
 from simulators.scripted_day import write_jsonl
@@ -97,7 +97,7 @@ def main() -> int:
             config_dir, lines = fleet_replay_input(args.subjects, args.seed, Path(tmp))
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
         print(f"fleet: {args.subjects} subjects, {len(lines):,} messages for one day "
-              f"(built in {time.perf_counter() - begin:.0f} s, {datetime.now().date()})")
+              f"(built in {time.perf_counter() - begin:.0f} s)")
         result = replay_cpu(config_dir, lines, args.limit, args.profile)
     print(f"replay of the pure core: {result.messages:,} messages in {result.cpu_s:.1f} CPU s "
           f"= {result.pings_per_s:,.0f} msg/s on one core "
