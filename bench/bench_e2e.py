@@ -70,7 +70,10 @@ from simulators.load import LoadPlan, LoadResult, device_id, run_load
 from simulators.scripted_day import LonLat, offset_m
 
 REPO = Path(__file__).resolve().parent.parent
-EMON = REPO / ".venv" / "bin" / "emon"
+# The daemon runs from this tree (PYTHONPATH), so a copy of the repository benchmarks its
+# own code whatever the virtualenv's editable install points at.
+DAEMON_COMMAND = [sys.executable, "-m", "daemon.cli"]
+PY_SPY = Path(sys.executable).parent / "py-spy"
 # The load generator's devices walk in this box (simulators.load._worker).
 AREA_LON = (114.0, 114.08)
 AREA_LAT = (22.52, 22.56)
@@ -219,11 +222,11 @@ def start_daemon(config: Path, broker: MosquittoProcess, dsn: str, work: Path) -
     http_port = find_free_port()
     env = {**os.environ, "EMON_MQTT_HOST": broker.host, "EMON_MQTT_PORT": str(broker.port),
            "EMON_DATABASE_URL": dsn, "EMON_HTTP_PORT": str(http_port),
-           "EMON_JOURNAL_DIR": str(work / "journal")}
+           "EMON_JOURNAL_DIR": str(work / "journal"), "PYTHONPATH": str(REPO)}
     log = work / "daemon.log"
     with log.open("ab") as out:
-        process = subprocess.Popen([str(EMON), "run", "--config", str(config)], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([*DAEMON_COMMAND, "run", "--config", str(config)], env=env,
+                                   stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     daemon = RunningDaemon(process, http_port, dsn, log)
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
@@ -509,9 +512,8 @@ class Throughput:
 def profile_daemon(daemon: RunningDaemon, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """py-spy (sampling, from outside: the daemon runs unchanged) for `seconds`, collapsed
     stacks into `out`; `summarize_profile` reads them."""
-    spy = REPO / ".venv" / "bin" / "py-spy"
     return subprocess.Popen(
-        [str(spy), "record", "--pid", str(daemon.process.pid), "--duration", str(int(seconds)),
+        [str(PY_SPY), "record", "--pid", str(daemon.process.pid), "--duration", str(int(seconds)),
          "--rate", "200", "--format", "raw", "--output", str(out), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -689,7 +691,7 @@ class Sizes:
     mem_devices: int
 
 
-FULL = Sizes(50_000, (100, 10_000, 100_000), 300_000, 300.0, 60.0, 100_000, 500_000, 1_000_000,
+FULL = Sizes(50_000, (100, 10_000, 100_000), 150_000, 300.0, 60.0, 100_000, 500_000, 1_000_000,
              100_000, 100, 1_000)
 QUICK = Sizes(5_000, (100, 10_000), 30_000, 30.0, 20.0, 20_000, 100_000, 200_000, 10_000, 10, 200)
 
