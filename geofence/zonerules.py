@@ -166,10 +166,27 @@ class ZoneRules:
     def __init__(self) -> None:
         self._cache_for: CoreConfig | None = None
         self._subject_zones: dict[str, _SubjectZones] = {}
+        self._fixed_tracks: dict[str, list[Track]] = {}
+
+    def _check_cache(self, config: CoreConfig) -> None:
+        if self._cache_for is not config:
+            self._cache_for, self._subject_zones, self._fixed_tracks = config, {}, {}
+
+    def _tracks_at(self, config: CoreConfig, subject: SubjectSpec, at: datetime) -> list[Track]:
+        """`inclusion_tracks`, kept per subject while it has no leave (then they do not
+        depend on the time): every fix asks."""
+        if subject.leaves:
+            return self.inclusion_tracks(config, subject, at)
+        self._check_cache(config)
+        tracks = self._fixed_tracks.get(subject.subject_id)
+        if tracks is None:
+            tracks = self._fixed_tracks[subject.subject_id] = self.inclusion_tracks(
+                config, subject, at
+            )
+        return tracks
 
     def _zones_of(self, config: CoreConfig, subject: SubjectSpec) -> _SubjectZones:
-        if self._cache_for is not config:
-            self._cache_for, self._subject_zones = config, {}
+        self._check_cache(config)
         cached = self._subject_zones.get(subject.subject_id)
         if cached is None:
             assignments = {a.zone_id: a for a in subject.exclusions}
@@ -211,7 +228,7 @@ class ZoneRules:
         rules = config.rules
         ts = placed.fix.ts
         changed = False
-        for track in self.inclusion_tracks(config, subject, ts):
+        for track in self._tracks_at(config, subject, ts):
             params = rules.zone_params(track.rule)
             presence = _inclusion_presence(track.zone, placed, params)
             changed |= _feed(state.memberships, track.key, presence, ts, params)
