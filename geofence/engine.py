@@ -158,7 +158,9 @@ class Engine:
         self.stats["fix_evaluated"] += 1
         # Has a schedule window or leave opened or closed since the rules were last judged?
         boundary_passed = state.clock is None or fix.ts >= self._next_boundary(ctx)
-        return findings + self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
+        findings += self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
+        placed.drop_point()
+        return findings
 
     def _settle_late(self, ctx: EvalContext, now: datetime) -> list[Finding]:
         """A new in-order fix: the backlogs before it are complete; report the violations

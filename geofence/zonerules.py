@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shapely.geometry.base import BaseGeometry
+
 from alerts.model import Finding, RuleId
 from geofence.config import CoreConfig, ExclusionAssignment, SubjectSpec, ZoneRuleParams
 from geofence.observation import LocationFix
@@ -117,11 +119,16 @@ def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
     )
 
 
+def _point_within(zone: Zone, placed: PlacedFix, cap_m: float) -> BaseGeometry | None:
+    """The fix's point if the zone's capped distance may need it (its bounding box is
+    within the cap): the point is built only then."""
+    return placed.point if zone.box_within(*placed.xy, cap_m) else None
+
+
 def _inclusion_presence(zone: Zone, placed: PlacedFix, params: ZoneRuleParams) -> Presence:
     accuracy = placed.fix.accuracy_m
-    signed = zone.signed_distance_capped_m(
-        *placed.xy, accuracy + params.margin_m, placed.point
-    )
+    cap = accuracy + params.margin_m
+    signed = zone.signed_distance_capped_m(*placed.xy, cap, _point_within(zone, placed, cap))
     return inclusion_presence(signed, accuracy, params.margin_m)
 
 
@@ -134,7 +141,7 @@ def _exclusion_presences(
 ) -> tuple[Presence, Presence | None]:
     accuracy = placed.fix.accuracy_m
     cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
-    signed = zone.signed_distance_capped_m(*placed.xy, cap, placed.point)
+    signed = zone.signed_distance_capped_m(*placed.xy, cap, _point_within(zone, placed, cap))
     inside = exclusion_presence(signed, accuracy, entry.margin_m, entry.max_accuracy_m)
     if band_m <= 0.0:
         return inside, None
