@@ -31,7 +31,12 @@ pytest_status=0
 # A base temp dir per checkout: pytest prunes old /tmp/pytest-of-<user>/pytest-N dirs, which
 # would delete the data dir of another checkout's running test PostgreSQL.
 basetemp="/tmp/emon-pytest-$(pwd | sha1sum | cut -c1-10)"
-.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$basetemp" "$@" || pytest_status=$?
+# Two workers (pytest-xdist), a file per worker at a time so module fixtures (the rules
+# corpus, a module's daemon) are built once; EMON_TEST_WORKERS=0 runs in one process.
+# The slowest tests are listed at the end so a creeping suite is seen in CI's log.
+workers="${EMON_TEST_WORKERS:-2}"
+.venv/bin/python -m pytest -q -p no:cacheprovider --basetemp="$basetemp" \
+    --numprocesses="$workers" --dist=loadfile --durations=15 "$@" || pytest_status=$?
 case "$pytest_status" in
     0) ;;
     5)

@@ -143,6 +143,7 @@ async def test_kill_between_two_steps_then_the_next_step_is_on_time_and_once(
                 first.wait()
             with daemon_process(config, mosquitto, pg_dsn, log, client_id) as (second, port):
                 await wait_healthy(second, port, log)
+                second_ready_at = datetime.now(UTC)
                 due = opened_at + timedelta(seconds=STEP_SECONDS)
                 for _ in range(400):
                     rows = await ladder_rows(pg_dsn)
@@ -163,8 +164,15 @@ async def test_kill_between_two_steps_then_the_next_step_is_on_time_and_once(
     # On time: published on the alerts topic within a sweep interval (plus slack) of due.
     on_alerts_topic = [(b, t) for b, t in escalated_seen if b["_topic"].startswith("emon/v1/al")]
     assert [b["notification"]["step"] for b, _ in on_alerts_topic] == [1, 2]
-    lateness = (on_alerts_topic[0][1] - due).total_seconds()
-    assert 0 <= lateness <= ON_TIME_SLACK_SECONDS, lateness
+    # A step that fell due while no daemon ran (a slow restart on a loaded machine) goes
+    # out as soon as the new daemon is up; the next one is judged against its own due time.
+    lateness = (on_alerts_topic[0][1] - max(due, second_ready_at)).total_seconds()
+    assert on_alerts_topic[0][1] >= due
+    assert lateness <= ON_TIME_SLACK_SECONDS, lateness
+    next_due = due + timedelta(seconds=STEP_SECONDS)
+    next_lateness = (on_alerts_topic[1][1] - max(next_due, second_ready_at)).total_seconds()
+    assert on_alerts_topic[1][1] >= next_due
+    assert next_lateness <= ON_TIME_SLACK_SECONDS, next_lateness
     # The supervisor's own topic got step 2 once; command's got step 3 once.
     to_officers = sorted(b["_topic"] for b, _ in escalated_seen if "/officers/" in b["_topic"])
     assert to_officers == [

@@ -288,6 +288,7 @@ async def test_concurrent_batches_with_the_same_keys_store_each_row_once(
     dsn = migrated
     fixes = [fix(f"dev-c{d}", i) for d in range(4) for i in range(500)]
     conflicts_before = metric("emon_store_write_errors_total", error="DeadlockDetected")
+    dedup_before = metric("emon_store_dedup_path_writes_total", table="pings")
     async with await AsyncConnection.connect(dsn) as locker:
         await locker.execute("LOCK TABLE pings IN ACCESS EXCLUSIVE MODE")
         async with (
@@ -306,11 +307,14 @@ async def test_concurrent_batches_with_the_same_keys_store_each_row_once(
     assert await count(dsn, "pings") == 2000
     assert await scalar(dsn, "SELECT count(DISTINCT (device_id, ts)) FROM pings") == 2000
     deadlocks = metric("emon_store_write_errors_total", error="DeadlockDetected")
-    # On TimescaleDB the two batches serialise on the creation of the chunk they both
-    # need (measured with 2.28.3), so the deadlock this provokes on plain tables does not
-    # happen there; the rows are stored once either way.
-    if not (await migrate(dsn)).timescale:
-        assert deadlocks - conflicts_before >= 1
+    dedup_writes = metric("emon_store_dedup_path_writes_total", table="pings")
+    # The two batches met: either they deadlocked (usual on plain tables: the server aborts
+    # one, which is retried) or one committed first and the other found its keys stored and
+    # went through the dedup path (on TimescaleDB they serialise on creating the chunk they
+    # both need, measured with 2.28.3; on a loaded machine one batch can also finish before
+    # the other starts). Either way the second batch took a recovery path, and rows are
+    # stored once.
+    assert (deadlocks - conflicts_before) + (dedup_writes - dedup_before) >= 1
     assert "cannot write to the database" not in caplog.text  # not an outage
 
 
