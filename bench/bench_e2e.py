@@ -665,15 +665,17 @@ def engine_memory_per_device(devices: int, fixes_per_device: int) -> float:
     rng = random.Random(2)
     start = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
     positions = [[rng.uniform(*AREA_LON), rng.uniform(*AREA_LAT)] for _ in range(devices)]
+    # One id string per device, as the wire decoder hands the engine (interned ids).
+    ids = [device_id(index) for index in range(1, devices + 1)]
     engine = Engine(config)
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for k in range(fixes_per_device):
         ts = start + timedelta(seconds=60 * k)
-        for index, position in enumerate(positions, start=1):
+        for index, position in enumerate(positions):
             position[0] += rng.uniform(-2e-5, 2e-5)
             position[1] += rng.uniform(-2e-5, 2e-5)
-            fix = LocationFix(device_id(index), ts, position[1], position[0], 8.0,
+            fix = LocationFix(ids[index], ts, position[1], position[0], 8.0,
                               FixSource.GNSS, ts, battery_pct=80.0)
             engine.observe(fix, ts)
     after = tracemalloc.take_snapshot()
