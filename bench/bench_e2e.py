@@ -65,7 +65,6 @@ import yaml
 
 from daemon.localservices import MosquittoProcess, PostgresProcess, find_free_port
 from daemon.store.migrations import migrate
-from daemon.wire import DEVICE_SUBSCRIPTIONS
 from simulators.cli_fleet import _feature_collection
 from simulators.load import LoadPlan, LoadResult, device_id, run_load
 from simulators.scripted_day import LonLat, offset_m
@@ -588,58 +587,49 @@ class Drain:
     stored: int
     rate: float  # median rows/s committed while draining
     seconds: float
-    start_s: float
+    start_s: float  # until the daemon was ready and idle (its start-up work done)
     dropped: int
     cpu_us_per_ping: float  # the daemon's own CPU time per stored ping while draining
     samples: list[float]
 
 
-async def _create_daemon_session(broker: MosquittoProcess) -> None:
-    """The daemon's persistent session and subscriptions, without starting the daemon (a
-    start with 50,000 subjects takes a minute here): the broker then queues for it."""
-    async with aiomqtt.Client(broker.host, broker.port, identifier=DAEMON_CLIENT_ID,
-                              clean_session=False) as client:
-        for topic in DEVICE_SUBSCRIPTIONS:
-            await client.subscribe(topic, qos=1)
-
-
 def run_drain(work: Path, broker: MosquittoProcess, watch: DroppedWatch, dsn: str,
               devices: int, backlog: int, profile: Path | None) -> Drain:
-    """The daemon's own maximum, without a load generator competing for the 2 cores: its
-    persistent session is created, the load generator publishes `backlog`
-    fixes (the broker queues them: max_queued_messages raised), the daemon starts and
-    drains them. Rate: the median of the rows committed per DRAIN_SAMPLE_SECONDS
-    between the first row and the last (start-up, incl. its store maintenance, excluded)."""
-    asyncio.run(_create_daemon_session(broker))
-    plan = LoadPlan(broker.host, broker.port, devices=devices, connections=LOAD_CONNECTIONS,
-                    rate=BACKLOG_RATE, duration_s=backlog / BACKLOG_RATE, qos=1,
-                    client_prefix="bench-backlog")
-    queued = run_load(plan, progress=None).acknowledged
+    """The daemon's own maximum, with the load generator out of the way of the 2 cores: the
+    daemon starts and finishes its start-up work (config versions recorded, store
+    maintenance: seconds to minutes with 50,000 subjects, on its event loop), then the load
+    generator publishes `backlog` fixes as fast as the broker takes them (a few seconds;
+    the broker queues what the daemon has not taken: max_queued_messages raised) and the
+    daemon drains them alone. Rate: the median of the rows committed per
+    DRAIN_SAMPLE_SECONDS from the end of the publishing to the last row; CPU: the daemon's
+    own CPU seconds over the same span per row."""
     begin = time.monotonic()
     daemon = start_daemon(work / "config", broker, dsn, work)
     start_s = time.monotonic() - begin
     spy: subprocess.Popen[bytes] | None = None
     samples: list[float] = []
     try:
-        last, last_at = count_pings(dsn), time.monotonic()
-        first_at: float | None = None
-        first_rows, first_cpu, cpu_us = 0, 0.0, math.nan
+        start_s += wait_idle(daemon)
+        plan = LoadPlan(broker.host, broker.port, devices=devices,
+                        connections=LOAD_CONNECTIONS, rate=BACKLOG_RATE,
+                        duration_s=backlog / BACKLOG_RATE, qos=1, client_prefix="bench-backlog")
+        queued = run_load(plan, progress=None).acknowledged
+        if profile is not None:
+            spy = profile_daemon(daemon, PROFILE_SECONDS, profile)
+        first_at, first_rows = time.monotonic(), count_pings(dsn)
+        first_cpu = cpu_seconds(daemon.process.pid)
+        last, last_at = first_rows, first_at
         deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS + backlog / 100.0
         while last < queued and time.monotonic() < deadline:
             time.sleep(DRAIN_SAMPLE_SECONDS)
             rows, now = count_pings(dsn), time.monotonic()
-            if rows > last:
-                if first_at is None:
-                    first_at, first_rows = now, rows
-                    first_cpu = cpu_seconds(daemon.process.pid)
-                    if profile is not None:
-                        spy = profile_daemon(daemon, PROFILE_SECONDS, profile)
-                else:
-                    samples.append((rows - last) / (now - last_at))
+            samples.append((rows - last) / (now - last_at))
             last, last_at = rows, now
-        seconds = time.monotonic() - (first_at or begin)
-        if first_at is not None and last > first_rows:
-            cpu_us = (cpu_seconds(daemon.process.pid) - first_cpu) / (last - first_rows) * 1e6
+        seconds = time.monotonic() - first_at
+        cpu_us = (
+            (cpu_seconds(daemon.process.pid) - first_cpu) / (last - first_rows) * 1e6
+            if last > first_rows else math.nan
+        )
     finally:
         if spy is not None:
             spy.wait(PROFILE_SECONDS + 30)
@@ -717,7 +707,8 @@ def main() -> int:
     parser.add_argument("--profile-dir", type=Path, default=None,
                         help="write the daemon's py-spy summary per capacity run here")
     parser.add_argument("--zones", default=None, help="comma list of zone counts")
-    parser.add_argument("--skip", default="", help="comma list: limits,latency,memory,replay")
+    parser.add_argument("--skip", default="",
+                        help="comma list: limits,sustained,latency,memory,replay")
     args = parser.parse_args()
     sizes = QUICK if args.quick else FULL
     devices = args.devices or sizes.devices
@@ -747,8 +738,8 @@ def main() -> int:
             limits = results.get("limits", {})
 
             capacity: dict[int, Drain] = {}
-            print(f"\ncapacity: a backlog of {sizes.backlog:,} fixes from {devices:,} devices "
-                  f"queued by the broker for the stopped daemon, then drained")
+            print(f"\ncapacity: the idle daemon drains a backlog of {sizes.backlog:,} fixes "
+                  f"from {devices:,} devices published as fast as the broker takes them")
             for zones in sizes.zone_counts:
                 work = tmp / f"zones-{zones}"
                 write_config(work / "config", devices, zones, 1)
@@ -773,58 +764,61 @@ def main() -> int:
                       f"of COPY); daemon CPU {result.cpu_us_per_ping:,.0f} us/ping = "
                       f"{1e6 / result.cpu_us_per_ping:,.0f} pings/s per dedicated core; "
                       f"{result.stored:,}/{result.queued:,} stored, broker dropped "
-                      f"{result.dropped}; daemon start {result.start_s:.0f} s; "
+                      f"{result.dropped}; daemon start until idle {result.start_s:.0f} s; "
                       f"{load_average()}")
                 results.setdefault("capacity", {})[zones] = result.__dict__
 
-            middle = sizes.zone_counts[min(1, len(sizes.zone_counts) - 1)]
-            maximum = capacity[middle].rate
-            work = tmp / "sustained"
-            write_config(work / "config", devices, middle, 1)
-            dsn = postgres.create_database(f"bench_e2e_sustained_{os.getpid()}")
-            with MosquittoProcess(work / "mosquitto") as broker:
-                watch = DroppedWatch(broker)
-                daemon = start_daemon(work / "config", broker, dsn, work)
-                wait_idle(daemon)
-                try:
-                    rate = 0.9 * maximum
-                    sustained = run_throughput(daemon, broker, watch, rate, devices,
-                                               sustained_s, drain=True)
-                    results["sustained"] = sustained.__dict__
-                    complete = ("all" if sustained.stored_total >= sustained.acknowledged
-                                else "MISSING")
-                    print(f"\nsustained: offered {rate:,.0f} msg/s (90 % of capacity, {middle:,}"
-                          f" zones) for {sustained_s:.0f} s: {sustained.acknowledged:,} "
-                          f"publishes acknowledged, {sustained.stored_total:,} rows stored "
-                          f"({complete}), steady {sustained.stored_rate:,.0f} pings/s, "
-                          f"broker dropped "
-                          f"{sustained.dropped if sustained.dropped >= 0 else '(no $SYS yet)'}, "
-                          f"{load_average()}")
-                    per_10k = (sustained.rss_after - sustained.rss_before) / devices * 10_000
-                    print(f"memory: daemon RSS {sustained.rss_before / 2**20:,.0f} MiB "
-                          f"-> {sustained.rss_after / 2**20:,.0f} MiB after {devices:,} devices"
-                          f" reported: {per_10k / 2**20:,.1f} MiB per 10,000 devices "
-                          f"({per_10k / 10_000:,.0f} bytes/device)")
-                    results["rss_per_device"] = per_10k / 10_000
-                    if "latency" not in skip:
-                        print("latency publish -> alert on MQTT (probe devices):")
-                        for share in (0.25, 0.5, 0.9):
-                            probe, load = latency_at(broker, share * maximum, devices,
-                                                     sizes.latency_seconds)
-                            print(f"  {share:>4.0%} load ({load.steady_rate():>7,.0f} msg/s): "
-                                  f"{len(probe.latencies_ms):>4} alerts, p50 "
-                                  f"{probe.percentile(0.5):>7.1f} ms, p99 "
-                                  f"{probe.percentile(0.99):>7.1f} ms, max "
-                                  f"{max(probe.latencies_ms, default=math.nan):>7.1f} ms, "
-                                  f"{load_average()}")
-                            results.setdefault("latency", {})[share] = {
-                                "offered": share * maximum, "load": load.steady_rate(),
-                                "samples": len(probe.latencies_ms),
-                                "p50_ms": probe.percentile(0.5), "p99_ms": probe.percentile(0.99),
-                            }
-                finally:
-                    stop_daemon(daemon)
-                    watch.close()
+            if "sustained" not in skip:
+                middle = sizes.zone_counts[min(1, len(sizes.zone_counts) - 1)]
+                maximum = capacity[middle].rate
+                work = tmp / "sustained"
+                write_config(work / "config", devices, middle, 1)
+                dsn = postgres.create_database(f"bench_e2e_sustained_{os.getpid()}")
+                with MosquittoProcess(work / "mosquitto") as broker:
+                    watch = DroppedWatch(broker)
+                    daemon = start_daemon(work / "config", broker, dsn, work)
+                    wait_idle(daemon)
+                    try:
+                        rate = 0.9 * maximum
+                        sustained = run_throughput(daemon, broker, watch, rate, devices,
+                                                   sustained_s, drain=True)
+                        results["sustained"] = sustained.__dict__
+                        complete = ("all" if sustained.stored_total >= sustained.acknowledged
+                                    else "MISSING")
+                        dropped = sustained.dropped if sustained.dropped >= 0 else "(no $SYS)"
+                        print(f"\nsustained: offered {rate:,.0f} msg/s (90 % of capacity, "
+                              f"{middle:,} zones) for {sustained_s:.0f} s: "
+                              f"{sustained.acknowledged:,} publishes acknowledged, "
+                              f"{sustained.stored_total:,} rows stored "
+                              f"({complete}), steady {sustained.stored_rate:,.0f} pings/s, "
+                              f"broker dropped {dropped}, "
+                              f"{load_average()}")
+                        per_10k = (sustained.rss_after - sustained.rss_before) / devices * 10_000
+                        print(f"memory: daemon RSS {sustained.rss_before / 2**20:,.0f} MiB "
+                              f"-> {sustained.rss_after / 2**20:,.0f} MiB after {devices:,} devices"
+                              f" reported: {per_10k / 2**20:,.1f} MiB per 10,000 devices "
+                              f"({per_10k / 10_000:,.0f} bytes/device)")
+                        results["rss_per_device"] = per_10k / 10_000
+                        if "latency" not in skip:
+                            print("latency publish -> alert on MQTT (probe devices):")
+                            for share in (0.25, 0.5, 0.9):
+                                probe, load = latency_at(broker, share * maximum, devices,
+                                                         sizes.latency_seconds)
+                                print(f"  {share:>4.0%} load ({load.steady_rate():>7,.0f} msg/s): "
+                                      f"{len(probe.latencies_ms):>4} alerts, p50 "
+                                      f"{probe.percentile(0.5):>7.1f} ms, p99 "
+                                      f"{probe.percentile(0.99):>7.1f} ms, max "
+                                      f"{max(probe.latencies_ms, default=math.nan):>7.1f} ms, "
+                                      f"{load_average()}")
+                                results.setdefault("latency", {})[share] = {
+                                    "offered": share * maximum, "load": load.steady_rate(),
+                                    "samples": len(probe.latencies_ms),
+                                    "p50_ms": probe.percentile(0.5),
+                                    "p99_ms": probe.percentile(0.99),
+                                }
+                    finally:
+                        stop_daemon(daemon)
+                        watch.close()
 
         if "memory" not in skip:
             for fixes in (10, 130):
