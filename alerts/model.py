@@ -35,6 +35,12 @@ class RuleId(StrEnum):
     POWER_OFF = "power_off"  # the device reported being switched off
     BATTERY_LOW = "battery_low"  # battery at or below the low threshold
     BATTERY_CRITICAL = "battery_critical"  # battery at or below the critical threshold
+    # Issue 5 part B: habits, gatherings, victims (docs/rules.md).
+    TRAJECTORY_ANOMALY = "trajectory_anomaly"  # 日常轨迹异常: a day far from the usual places
+    CO_OFFENDER_GATHERING = "co_offender_gathering"  # 同案犯聚集: a co-offender group met
+    GATHERING = "gathering"  # any two subjects together (off unless settings enable it)
+    VICTIM_PROXIMITY = "victim_proximity"  # within a protected person's mobile exclusion zone
+    VICTIM_APPROACH = "victim_approach"  # in the warning band around a protected person
 
 
 DEFAULT_TIERS: dict[RuleId, Tier] = {
@@ -52,6 +58,12 @@ DEFAULT_TIERS: dict[RuleId, Tier] = {
     RuleId.EXCLUSION_APPROACH: Tier.LOW,
     RuleId.GNSS_LOST: Tier.LOW,
     RuleId.BATTERY_LOW: Tier.LOW,
+    # Issue 5 part B (docs/rules.md says why each tier).
+    RuleId.TRAJECTORY_ANOMALY: Tier.LOW,
+    RuleId.CO_OFFENDER_GATHERING: Tier.HIGH,
+    RuleId.GATHERING: Tier.LOW,
+    RuleId.VICTIM_PROXIMITY: Tier.CRITICAL,
+    RuleId.VICTIM_APPROACH: Tier.HIGH,
 }
 
 

@@ -39,6 +39,10 @@ class Role(StrEnum):
     OFFICER = "officer"
     SUPERVISOR = "supervisor"
     COMMAND = "command"
+    # Not in subjects.yaml and never a notification target: roles of API tokens that carry
+    # no caseload (daemon/access.py has the permission matrix).
+    OPERATOR = "operator"
+    ADMIN = "admin"
 
 
 @dataclass(frozen=True, slots=True)

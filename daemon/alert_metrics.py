@@ -51,3 +51,8 @@ OFFICER_ACTIONS = Counter(
     ["action", "channel", "result"],
 )
 AUTH_FAILURES = Counter("emon_api_auth_failures_total", "Refused API tokens", ["channel"])
+ACCESS_REFUSED = Counter(
+    "emon_api_access_refused_total",
+    "Requests refused (403) because the caller's role lacks the permission",
+    ["role", "permission"],
+)

@@ -52,6 +52,10 @@ _ESCALATION_NAMESPACE = uuid.UUID("0b7a3f4e-2f55-4c36-9a0e-6f7e51d2c9a1")
 PublishTransitions = Callable[[Sequence[AlertTransition]], Awaitable[None]]
 
 
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
 class AlertingService:
     def __init__(
         self,
@@ -63,7 +67,11 @@ class AlertingService:
         *,
         leave: LeaveCalendar = NO_LEAVE,
         env: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = _wall_clock,
     ) -> None:
+        # Escalation decisions (due steps, decision times) on the daemon's engine clock, so
+        # they agree with the alerts' decided_at through a wall-clock step (daemon/clock.py).
+        self._clock = clock
         self._pipeline = pipeline
         self._policies = loaded.policies
         self.store = LifecycleStore(pool)
@@ -155,7 +163,7 @@ class AlertingService:
         `decided_at`: when the daemon decided them (a retried batch keeps its time)."""
         await self.store.record(
             transitions, self._pipeline.config.alerting, self.router,
-            decided_at or datetime.now(UTC),
+            decided_at or self._clock(),
         )
         for transition in transitions:
             if transition.kind is TransitionKind.ACKNOWLEDGED:
@@ -191,7 +199,7 @@ class AlertingService:
     async def sweep(self, now: datetime | None = None) -> list[AlertTransition]:
         """One sweep: claim due escalations, decide, store, publish. Returns what it decided."""
         async with self._sweep_lock:  # one sweep at a time in this process
-            now = datetime.now(UTC) if now is None else now
+            now = self._clock() if now is None else now
             transitions = await self.store.sweep(
                 now, self._pipeline.config.alerting, self.router, self.mute_of,
                 newer=self._book_is_ahead,

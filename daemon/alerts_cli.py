@@ -1,5 +1,5 @@
 """`emon alerts ...`, `emon silences ...` (clients of the daemon's HTTP API) and
-`emon token ...` (straight to the database).
+`emon token ...` (straight to the database; `emon audit` is in daemon.access_cli).
 
 Why the API for alerts and silences: the daemon's AlertBook is the single writer of alert
 state. A CLI writing the database directly would leave the running daemon's book stale (it
@@ -132,9 +132,12 @@ def _cmd_silences(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
+    from daemon.access import TokenRole
+    from daemon.access_cli import cli_caller
     from daemon.configfiles import load_config
+    from daemon.officer_api import PRINCIPAL_RE
+    from daemon.store.access_repo import AccessStore, new_token
     from daemon.store.errors import StoreError
-    from daemon.store.lifecycle_repo import LifecycleStore, new_token
     from daemon.store.migrations import migrate
     from daemon.store.pool import open_pool
 
@@ -143,33 +146,55 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not dsn:
         print("no database: set EMON_DATABASE_URL or database.dsn", file=sys.stderr)
         return 2
-    if args.token_command == "create" and args.officer not in loaded.officers:
-        print(f"officer {args.officer!r} is not in {args.config}/subjects.yaml", file=sys.stderr)
-        return 2
+    # On the host, with the database's credential: the OS account is who did it.
+    caller = cli_caller(None, None)
+    role, principal = TokenRole.OFFICER, ""
+    if args.token_command == "create":
+        if args.officer is not None:
+            principal = args.officer
+            if principal not in loaded.officers:
+                print(f"officer {principal!r} is not in {args.config}/subjects.yaml",
+                      file=sys.stderr)
+                return 2
+        else:
+            role = TokenRole.OPERATOR if args.operator is not None else TokenRole.ADMIN
+            principal = args.operator if args.operator is not None else args.admin
+            if not PRINCIPAL_RE.match(principal):
+                print(f"{principal!r}: 1-64 of A-Z a-z 0-9 . _ @ -", file=sys.stderr)
+                return 2
 
     async def run() -> int:
         await migrate(dsn)
         async with open_pool(dsn, min_size=1, max_size=1, name="emon-token") as pool:
-            store = LifecycleStore(pool)
+            store = AccessStore(pool)
             if args.token_command == "create":
                 token = new_token()
                 expires = (
                     datetime.now(UTC) + timedelta(days=args.expires_days)
                     if args.expires_days else None
                 )
-                token_id = await store.create_token(args.officer, args.label, expires, token)
-                print(f"token id {token_id} for {args.officer}"
+                token_id = await store.create_token(
+                    principal, args.label, expires, token, role=role,
+                    actor=caller.actor, source=caller.source,
+                )
+                print(f"token id {token_id} for {role.value} {principal}"
                       f"{f' (expires {expires:%Y-%m-%d})' if expires else ''}", file=sys.stderr)
                 print("shown once; only its SHA-256 is stored:", file=sys.stderr)
                 print(token)
                 return 0
             if args.token_command == "list":
-                for row in await store.list_tokens():
+                for row in await store.list_tokens(args.officer):
                     state = "revoked" if row["revoked_at"] else "active"
-                    print(f"{row['token_id']}  {row['officer_id']:12} {state:8} "
-                          f"{row['label']!r} created {row['created_at']:%Y-%m-%d}")
+                    print(f"{row['token_id']}  {row['officer_id']:12} {row['role']:8} "
+                          f"{state:8} {row['label']!r} created {row['created_at']:%Y-%m-%d}")
                 return 0
-            ok = await store.revoke_token(args.token_id)
+            if args.token_id is None:
+                revoked = await store.revoke_person(
+                    args.officer, actor=caller.actor, source=caller.source
+                )
+                print(f"revoked {len(revoked)} token(s) of {args.officer}", file=sys.stderr)
+                return 0 if revoked else 1
+            ok = await store.revoke_token(args.token_id, actor=caller.actor, source=caller.source)
             print("revoked" if ok else "no such active token", file=sys.stderr)
             return 0 if ok else 1
 
@@ -229,14 +254,27 @@ def add_parsers(sub: Any, default_config: Path) -> None:
 
     token = sub.add_parser("token", help="officers' API tokens (database)")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="new token for an officer (printed once)")
-    create.add_argument("--officer", required=True)
+    create = token_sub.add_parser(
+        "create", help="new token for an officer, operator or admin (printed once)"
+    )
+    who = create.add_mutually_exclusive_group(required=True)
+    who.add_argument("--officer", help="an officer in subjects.yaml: their role and caseload")
+    who.add_argument("--operator", help="a person id: config and silences, no caseload")
+    who.add_argument("--admin", help="a person id: tokens and the audit log, no caseload")
     create.add_argument("--label", default="")
     create.add_argument("--expires-days", type=float, default=90.0,
                         help="0 for no expiry (default 90)")
     t_list = token_sub.add_parser("list", help="tokens (never their values)")
-    revoke = token_sub.add_parser("revoke", help="revoke a token by id")
-    revoke.add_argument("token_id")
+    t_list.add_argument("--officer", default=None, help="only this person's tokens")
+    revoke = token_sub.add_parser("revoke", help="revoke a token by id, or all of a person's")
+    which = revoke.add_mutually_exclusive_group(required=True)
+    which.add_argument("token_id", nargs="?", default=None)
+    which.add_argument("--officer", default=None,
+                       help="every active token of this person (officer, operator or admin id)")
     for p in (create, t_list, revoke):
         p.add_argument("--config", type=Path, default=default_config)
         p.set_defaults(func=_cmd_token)
+
+    from daemon.access_cli import add_parser as add_audit_parser
+
+    add_audit_parser(sub, default_config)

@@ -20,6 +20,7 @@ import logging
 import random
 import signal
 import ssl
+import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,21 +31,26 @@ from typing import Any
 import aiomqtt
 import psycopg
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from alerts.model import AlertTransition, Tier
 from daemon import metrics
 from daemon.alerting import AlertingService
+from daemon.clock import CLOCK_WATCH_INTERVAL_SECONDS, GuardedClock
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
 from daemon.configfiles import LoadedConfig, mqtt_password
 from daemon.console.web import ConsoleService
+from daemon.habitlearning import latest_learn_moment, learn_from_store
 from daemon.http import HttpServer
 from daemon.officer_api import OfficerActions, api_routes
 from daemon.pipeline import Outcome, Pipeline
+from daemon.protectedwire import PROTECTED_SUBSCRIPTION, is_protected_topic
+from daemon.ratelimit import RateLimiter, rate_limit_middleware
 from daemon.reload import OPERATORS_CONFIG_TOPIC, ConfigReloader
 from daemon.storage import maintain, open_journal, writer_options
 from daemon.store.alerts_repo import AlertRepository
 from daemon.store.config_repo import ConfigVersionRepository
-from daemon.store.errors import StoreError
+from daemon.store.errors import StoreClosedError, StoreError
 from daemon.store.lifecycle_repo import alert_from_row
 from daemon.store.migrations import StoreInfo, migrate
 from daemon.store.pool import Pool, open_pool
@@ -55,6 +61,8 @@ from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
     DEADLETTER_TOPIC_PREFIX,
     DEVICE_SUBSCRIPTIONS,
+    RejectReason,
+    WireError,
     channel_of_topic,
     deadletter_payload,
     device_id_of_topic,
@@ -151,6 +159,7 @@ class Daemon:
         self._mqtt_connected = False
         self._mqtt_tls: ssl.SSLContext | None = None
         self._exported_engine_stats: Counter[str] = Counter()
+        self._handle_stage = "evaluate"  # where _handle is: the label of a failure
         self._recorder_done = asyncio.Event()
         self._alerting_done = asyncio.Event()
         self._scheduler: AsyncIOScheduler | None = None
@@ -159,6 +168,9 @@ class Daemon:
             loaded.directory, loaded, self._apply_config, self._publish_operators,
             record=self._record_config_version,
         )
+        # Arrival, tick and decision times: the wall clock without its steps (daemon/clock.py).
+        self._clock = GuardedClock(on_step=self._after_clock_step)
+        self._rate_limiter = RateLimiter(loaded.settings.rate_limit)
         self.http_port: int | None = None
         self.ready = asyncio.Event()  # set once subscribed: for the demo and tests
 
@@ -224,6 +236,7 @@ class Daemon:
                     self._loaded, self._pipeline, pool,
                     self._publish_recorded, self._publish_and_wait,
                     leave=ConfigLeaveCalendar(lambda: self._pipeline.config),
+                    clock=self._clock.now,
                 )
             )
             self._alerting = alerting
@@ -232,12 +245,15 @@ class Daemon:
                 silence_max_seconds=self._loaded.policies.silences.max_seconds,
             )
             actions.on_silence_change = alerting.sweep_soon
+            actions.reload_status = self._reloader.status.to_json
+            actions.reload_requested = self._reloader.request_reload
             self._commands = CommandHandler(actions, self._reply)
             console = ConsoleService(self._loaded, self._pipeline, actions, pool)
             http = await stack.enter_async_context(
                 HttpServer(
                     self._settings.http.host, self._settings.http.port, self._health,
                     [*api_routes(actions), *console.routes()],
+                    [rate_limit_middleware(self._rate_limiter)],
                 )
             )
             self.http_port = http.bound_port
@@ -258,6 +274,13 @@ class Daemon:
                 id="emon-store-maintenance", max_instances=1, coalesce=True,
                 next_run_time=datetime.now(UTC),
             )
+            # Issue 5: frequent places, at start-up and daily (daemon/habitlearning.py).
+            scheduler.add_job(
+                self._learn_places_job, "cron",
+                hour=self._loaded.settings.behaviour.habits.learn_hour_utc, minute=0,
+                id="emon-learn-places", max_instances=1, coalesce=True,
+                next_run_time=datetime.now(UTC),
+            )
             alerting.schedule(scheduler)
             scheduler.start()
             self._scheduler = scheduler
@@ -271,6 +294,7 @@ class Daemon:
                         self._reloader.run(self._stop_requested), name="emon-config-reload"
                     )
                     tasks.create_task(self._shutdown_controller(), name="emon-shutdown")
+                    tasks.create_task(self._watch_clock(), name="emon-clock-watch")
             finally:
                 scheduler.shutdown(wait=False)
             await self._reloader.close()
@@ -346,13 +370,17 @@ class Daemon:
                 # one row.
                 client._client.manual_ack_set(True)
                 async with client:
-                    self._mqtt_connected = True
-                    metrics.MQTT_CONNECTED.set(1)
                     delay = RECONNECT_MIN_SECONDS
                     _LOGGER.info("connected to broker %s:%s", mqtt.host, mqtt.port)
                     if not self._stopping:
-                        for topic in (*DEVICE_SUBSCRIPTIONS, COMMANDS_SUBSCRIPTION):
+                        for topic in (*DEVICE_SUBSCRIPTIONS, PROTECTED_SUBSCRIPTION,
+                                      COMMANDS_SUBSCRIPTION):
                             await client.subscribe(topic, qos=1)
+                    # Healthy only once subscribed: a new session (first start, new client
+                    # id) receives nothing published before its subscriptions exist.
+                    self._mqtt_connected = True
+                    metrics.MQTT_CONNECTED.set(1)
+                    if not self._stopping:
                         self.ready.set()
                     # Acknowledgements of this connection only: after a reconnect the
                     # broker redelivers what was not acknowledged.
@@ -390,7 +418,12 @@ class Daemon:
             async for message in client.messages:
                 self._reader_busy = True
                 try:
-                    target = await self._handle(message)
+                    try:
+                        target = await self._handle(message)
+                    except StoreClosedError:
+                        raise  # not this message's fault: left unacknowledged, redelivered
+                    except Exception as exc:  # one message must not stop ingest
+                        target = await self._dead_letter_failed(message, exc)
                     if message.qos > 0:
                         if self._ack_durable:
                             await acks.put((target, message.mid, message.qos))
@@ -435,10 +468,74 @@ class Daemon:
                 return
             client._client.ack(mid, qos)
 
+    async def _dead_letter_failed(self, message: aiomqtt.Message, exc: Exception) -> int:
+        """A message whose handling raised (a bug, an unstorable observation): logged with
+        the exception's type and frames (not its text, which may quote the payload's
+        coordinates), counted, and dead-lettered with reason internal_error. Returns the
+        durability target to acknowledge it at: only once the dead letter is with the
+        broker (QoS 1), so a crash before that redelivers the message."""
+        stage = self._handle_stage
+        topic = message.topic.value
+        metrics.MESSAGES_FAILED.labels(stage).inc()
+        frames = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+        assert self._writer is not None
+        if is_protected_topic(topic):
+            # A protected person's position is never stored, dead-lettered or logged (issue
+            # 5), not even its topic: counted and dropped.
+            _LOGGER.error(
+                "handling a protected person's message failed at %s (%s); dropped\n%s",
+                stage, type(exc).__name__, frames,
+            )
+            return self._writer.seq
+        _LOGGER.error(
+            "handling a message on %s failed at %s (%s); dead-lettered as internal_error\n%s",
+            topic, stage, type(exc).__name__, frames,
+        )
+        raw = message.payload
+        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+        error = WireError(RejectReason.INTERNAL_ERROR, f"{type(exc).__name__} at {stage}")
+        body = deadletter_payload(topic, payload, self._clock.now(), error)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._outbound.put(
+            OutboundMessage(
+                "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
+                json.dumps(body, ensure_ascii=False).encode(), qos=1, done=done,
+            )
+        )
+        await done
+        return self._writer.seq
+
+    async def _watch_clock(self) -> None:
+        """Read the engine clock at least once a second, so a wall-clock step is noticed
+        (and the scheduler re-armed) even when no message or tick arrives."""
+        while not self._stop_requested.is_set():
+            self._clock.read()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop_requested.wait(), CLOCK_WATCH_INTERVAL_SECONDS)
+
+    def _after_clock_step(self, step_seconds: float) -> None:
+        """APScheduler times its jobs on the wall clock: after a step backwards it would
+        wait the whole step before the next tick or escalation sweep, after a step forwards
+        it counts the jobs as missed. Re-arm each job from the new wall-clock time."""
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running:
+            return
+        wall_now = datetime.now(UTC)
+        for job in scheduler.get_jobs():
+            if job.id == "emon-tick":
+                due = grid_ceil(wall_now, self._settings.tick_interval_seconds)
+            elif isinstance(job.trigger, IntervalTrigger):
+                due = wall_now
+            else:  # a daily job (place learning): its next time of day, not at once
+                due = job.trigger.get_next_fire_time(None, wall_now)
+            with contextlib.suppress(Exception):  # a job removed meanwhile (shutdown)
+                job.modify(next_run_time=due)
+
     async def _handle(self, message: aiomqtt.Message) -> int:
         """Decide on one message and hand its rows to the writer; returns the writer's
         durability target for the message (everything put so far)."""
-        received_at = datetime.now(UTC)
+        self._handle_stage = "evaluate"
+        received_at = self._clock.now()
         topic = message.topic.value
         raw = message.payload
         payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
@@ -447,7 +544,11 @@ class Daemon:
             assert self._writer is not None
             return self._writer.seq
         with metrics.PROCESS_SECONDS.time():
-            outcome = self._pipeline.handle(topic, payload, received_at)
+            outcome = self._pipeline.handle(
+                topic, payload, received_at, future_reference=self._clock.wall_now()
+            )
+        if outcome.protected:
+            return await self._handle_protected(outcome)
         if outcome.rejection is not None:
             reason = outcome.rejection.reason.value
             metrics.MESSAGES_REJECTED.labels(reason).inc()
@@ -471,13 +572,48 @@ class Daemon:
         metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
         metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
         assert self._writer is not None
+        self._handle_stage = "store"
         target = await self._writer.put(observation, outcome.subject_id, outcome.config_version)
         target = await self._store_zone_transitions(outcome) or target
+        self._handle_stage = "dispatch"
         if self._console is not None:
             self._console.feed.on_observation(observation, outcome.subject_id)
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
         return target
+
+    async def _handle_protected(self, outcome: Outcome) -> int:
+        """Issue 5: a protected person's position was judged and is forgotten: never
+        stored, logged, dead-lettered or shown; only the subjects' alerts go on."""
+        assert self._writer is not None
+        if outcome.rejection is not None:
+            metrics.MESSAGES_REJECTED.labels(outcome.rejection.reason.value).inc()
+            return self._writer.seq
+        metrics.MESSAGES_RECEIVED.labels("protected").inc()
+        target = await self._store_zone_transitions(outcome) or self._writer.seq
+        if outcome.transitions:
+            await self._dispatch(outcome.transitions)
+        return target
+
+    async def _learn_places_job(self) -> None:
+        """Issue 5: relearn every subject's frequent places from the stored pings, at the
+        latest daily learning moment (the one `emon replay` uses too)."""
+        habits = self._pipeline.config.behaviour.habits
+        if not habits.enabled or self._pool is None:
+            return
+        moment = latest_learn_moment(self._clock.now(), habits.learn_hour_utc)
+        try:
+            learned = await learn_from_store(self._pool, self._pipeline.config, moment)
+        except Exception:
+            # Retried at the next daily run; the places learnt before stay in force.
+            _LOGGER.exception("learning frequent places failed")
+            return
+        for places in learned:
+            self._pipeline.engine.set_frequent_places(places)
+        _LOGGER.info(
+            "frequent places learnt for %d subjects (%d armed)", len(learned),
+            sum(p.armed(habits) for p in learned),
+        )
 
     async def _store_zone_transitions(self, outcome: Outcome) -> int | None:
         assert self._writer is not None
@@ -568,7 +704,7 @@ class Daemon:
         recorded: asyncio.Future[None] = loop.create_future()
         if record:
             # Decided now: an escalation ladder starts then, however long recording takes.
-            await self._alert_records.put((transitions, recorded, datetime.now(UTC)))
+            await self._alert_records.put((transitions, recorded, self._clock.now()))
         else:
             recorded.set_result(None)
         self._update_open_gauge()
@@ -656,6 +792,8 @@ class Daemon:
         self._loaded = new
         if self._console is not None:
             self._console.swap_config(new)
+        if new.settings.rate_limit != old.settings.rate_limit:
+            self._rate_limiter.reconfigure(new.settings.rate_limit)
         # Connections and listeners keep the settings they were opened with; notifier
         # endpoints, contacts and the sweep are built once by the AlertingService. The
         # escalation ladders, inhibitions and leave mutes are in the core: they apply now.
@@ -689,8 +827,9 @@ class Daemon:
     async def _tick_job(self) -> None:
         try:
             # Judged at the grid point this tick belongs to (daemon.ticks), as in replay.
-            now = grid_floor(datetime.now(UTC), self._settings.tick_interval_seconds)
+            now = grid_floor(self._clock.now(), self._settings.tick_interval_seconds)
             outcome = self._pipeline.tick_outcome(now)
+            metrics.TICKS.inc()
             await self._store_zone_transitions(outcome)
             transitions = outcome.transitions
             if transitions:

@@ -39,6 +39,7 @@ from daemon.commands import COMMANDS_SUBSCRIPTION, COMMANDS_TOPIC_PREFIX, reply_
 from daemon.configfiles import LoadedConfig, OfficerRole
 from daemon.notifiers.mqtt import officer_topic
 from daemon.owntracks import OWNTRACKS_DEVICE_PATTERN, OWNTRACKS_USER_PATTERN
+from daemon.protectedwire import PROTECTED_SUBSCRIPTION, protected_topic
 from daemon.reload import OPERATORS_CONFIG_TOPIC
 from daemon.wire import (
     ALERTS_TOPIC_PREFIX,
@@ -83,6 +84,7 @@ class AccountRole(StrEnum):
     ALERTS_READER = "alerts-reader"
     OPERATOR = "operator"
     OFFICER = "officer"
+    PROTECTED_PHONE = "protected-phone"  # issue 5: a protected person's phone
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +172,7 @@ def build_accounts(
             (
                 # Exactly what the daemon subscribes to (wire v1, OwnTracks, commands)...
                 *(Grant("read", topic) for topic in (*DEVICE_SUBSCRIPTIONS,
+                                                     PROTECTED_SUBSCRIPTION,
                                                      COMMANDS_SUBSCRIPTION)),
                 # ...and publishes.
                 Grant("write", f"{ALERTS_TOPIC_PREFIX}#"),
@@ -233,6 +236,12 @@ def build_accounts(
                 tuple(Grant("write", topic) for topic in device_topics(device_id)),
             )
         )
+    # Issue 5: a protected person's phone publishes its own position topic only.
+    accounts.extend(
+        Account(person.id, AccountRole.PROTECTED_PHONE,
+                (Grant("write", protected_topic(person.id)),))
+        for person in sorted(loaded.subjects.protected_persons, key=lambda p: p.id)
+    )
     problems: list[str] = []
     seen: dict[str, AccountRole] = {}
     for account in accounts:
@@ -266,7 +275,7 @@ def render_acl(accounts: Iterable[Account], source: str) -> str:
     unknown_device.
     """
     accounts = list(accounts)
-    by_pattern = (AccountRole.DEVICE, AccountRole.OWNTRACKS_USER)
+    by_pattern = (AccountRole.DEVICE, AccountRole.OWNTRACKS_USER, AccountRole.PROTECTED_PHONE)
     services = [a for a in accounts if a.role not in by_pattern]
     devices = sum(1 for a in accounts if a.role is AccountRole.DEVICE)
     owntracks = sum(1 for a in accounts if a.role is AccountRole.OWNTRACKS_USER)
@@ -278,6 +287,8 @@ def render_acl(accounts: Iterable[Account], source: str) -> str:
         f"# ({owntracks}): each may publish on its own topics only, and read nothing.",
         *(f"pattern write {topic}" for topic in device_topics(DEVICE_ACCOUNT_PATTERN)),
         f"pattern write {owntracks_topic(DEVICE_ACCOUNT_PATTERN)}",
+        "# Protected persons' phones: their own position topic only (never stored).",
+        f"pattern write {protected_topic(DEVICE_ACCOUNT_PATTERN)}",
     ]
     for account in services:
         lines.append("")

@@ -43,10 +43,18 @@ from pydantic import (
 from shapely.errors import ShapelyError
 from shapely.geometry.base import BaseGeometry
 
+from daemon.behavioursettings import (
+    BehaviourSettings,
+    CoOffenderGroupModel,
+    ProtectedPersonModel,
+    check_behaviour,
+    compile_behaviour,
+)
 from daemon.configlines import LazyLineIndex, LineIndex, join_path, json_line_index, parse_yaml
 from daemon.configparse import ConfigParseError, load_json
 from daemon.console.settings import ConsoleSettings
 from daemon.policyfile import POLICIES_FILE, PoliciesFile, compile_alerting, reference_problems
+from daemon.ratelimit import RateLimitSettings
 from daemon.rulesettings import (
     SECONDS_PER_MINUTE,
     DeviceThresholdSettings,
@@ -181,6 +189,13 @@ class Settings(_Strict):
         RetentionSettings(), title="How long each kind of data is kept (days)"
     )
     console: ConsoleSettings = Field(ConsoleSettings(), title="Officer console (live map)")
+    rate_limit: RateLimitSettings = Field(
+        RateLimitSettings(), title="Request rate limits of the API and console (docs/access.md)"
+    )
+    # Issue 5 part B (daemon/behavioursettings.py).
+    behaviour: BehaviourSettings = Field(
+        BehaviourSettings(), title="Habits, gatherings and protected persons"
+    )
 
 
 # ---------------------------------------------------------------------- subjects.yaml
@@ -250,6 +265,13 @@ class SubjectModel(_Strict):
 class SubjectsFile(_Strict):
     officers: list[OfficerModel] = Field(default_factory=list)
     subjects: list[SubjectModel] = Field(default_factory=list)
+    # Issue 5 part B (daemon/behavioursettings.py).
+    co_offender_groups: list[CoOffenderGroupModel] = Field(
+        default_factory=list, title="Co-offender groups watched for gatherings (同案犯聚集)"
+    )
+    protected_persons: list[ProtectedPersonModel] = Field(
+        default_factory=list, title="Protected persons and the subjects kept away from them"
+    )
 
 
 # ---------------------------------------------------------------------- schedules.yaml
@@ -817,6 +839,12 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         )
     )
 
+    problems.extend(  # issue 5 part B
+        ConfigProblem(SUBJECTS_FILE, key, value, reason)
+        for key, value, reason in check_behaviour(
+            subjects.co_offender_groups, subjects.protected_persons, seen_subjects
+        )
+    )
     configchecks.check_cross_file(settings, subjects, schedules, zones_by_id, problems, leaves)
     if problems:
         raise ConfigError(problems)
@@ -867,6 +895,9 @@ def load_config(directory: Path, env: Mapping[str, str] | None = None) -> Loaded
         subjects=subject_specs,
         rules=compile_rule_params(settings.rules),
         alerting=compile_alerting(policies, officer_roles),
+        behaviour=compile_behaviour(
+            settings.behaviour, subjects.co_offender_groups, subjects.protected_persons
+        ),
     )
     return LoadedConfig(
         directory, settings, subjects, schedules, core, policies,

@@ -9,9 +9,11 @@ from types import TracebackType
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 _LOGGER = logging.getLogger(__name__)
+
 
 
 class HttpServer:
@@ -21,10 +23,12 @@ class HttpServer:
         port: int,
         health: Callable[[], dict[str, Any]],
         routes: Sequence[web.RouteDef] = (),
+        middlewares: Sequence[Middleware] = (),
     ) -> None:
         self._host, self._port = host, port
         self._health = health
         self._routes = routes
+        self._middlewares = middlewares
         self._runner: web.AppRunner | None = None
         self.bound_port: int | None = None
 
@@ -37,7 +41,7 @@ class HttpServer:
         return web.json_response(status, status=200 if status.get("ok") else 503)
 
     async def __aenter__(self) -> HttpServer:
-        app = web.Application()
+        app = web.Application(middlewares=list(self._middlewares))
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.add_routes(self._routes)

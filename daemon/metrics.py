@@ -10,6 +10,10 @@ MESSAGES_RECEIVED = Counter(
 MESSAGES_REJECTED = Counter(
     "emon_messages_rejected_total", "Device messages refused by the wire decoder", ["reason"]
 )
+MESSAGES_FAILED = Counter(
+    "emon_messages_failed_total",
+    "Messages whose handling raised unexpectedly (dead-lettered as internal_error)", ["stage"],
+)
 MESSAGES_IGNORED = Counter(
     "emon_messages_ignored_total",
     "Well-formed device messages with nothing to evaluate (e.g. OwnTracks lwt)", ["reason"],
@@ -17,6 +21,7 @@ MESSAGES_IGNORED = Counter(
 OBSERVATIONS_PROCESSED = Counter(
     "emon_observations_processed_total", "Observations evaluated by the core", ["kind"]
 )
+TICKS = Counter("emon_ticks_total", "Ticks run: time-driven rules judged (silence, schedules)")
 ENGINE_EVENTS = Counter(
     "emon_engine_events_total", "Noise-discipline decisions of the core (late, jump, ...)",
     ["event"],

@@ -86,7 +86,7 @@ def device_id_of_owntracks_topic(topic: str) -> str | None:
 
 
 def decode_owntracks(
-    topic: str, payload: bytes, received_at: datetime
+    topic: str, payload: bytes, received_at: datetime, future_reference: datetime | None = None
 ) -> LocationFix | IgnoredMessage:
     user, device = parse_owntracks_topic(topic)
     device_id = owntracks_device_id(user, device)
@@ -104,17 +104,22 @@ def decode_owntracks(
         if message_type in KNOWN_IGNORED_TYPES:
             return IgnoredMessage(IGNORED_REASON_PREFIX + message_type)
         return IgnoredMessage(IGNORED_OTHER_REASON)
-    return _decode_location(device_id, data, received_at)
+    return _decode_location(device_id, data, received_at, future_reference)
 
 
-def _decode_location(device_id: str, data: dict[str, Any], received_at: datetime) -> LocationFix:
+def _decode_location(
+    device_id: str,
+    data: dict[str, Any],
+    received_at: datetime,
+    future_reference: datetime | None = None,
+) -> LocationFix:
     if "tst" not in data:
         raise WireError(RejectReason.MISSING_FIELD, "tst")
     ts_value = data["tst"]
     if isinstance(ts_value, str):
         # OwnTracks sends integer epoch seconds; a string here is a broken or forged client.
         raise WireError(RejectReason.BAD_TIMESTAMP, "tst must be epoch seconds")
-    ts = parse_timestamp(ts_value, received_at)
+    ts = parse_timestamp(ts_value, received_at, future_reference)
     lat = _number(data, "lat", -90.0, 90.0)
     lon = _number(data, "lon", -180.0, 180.0)
     accuracy = _number(data, "acc", 0.0, MAX_ACCURACY_M)

@@ -12,6 +12,7 @@ from datetime import datetime
 
 from alerts.lifecycle import AlertBook
 from alerts.model import AlertTransition, Finding
+from daemon.protectedwire import decode_protected, is_protected_topic
 from daemon.transitions import ZoneTransition, presence_changes, rule_changes, snapshot
 from daemon.wire import IgnoredMessage, RejectReason, WireError, decode_any
 from geofence.config import CoreConfig
@@ -32,6 +33,9 @@ class Outcome:
     config_version: str = ""
     # Confirmed zone presence changes and zone-rule findings, as rows for zone_transitions.
     zone_transitions: list[ZoneTransition] = field(default_factory=list)
+    # Issue 5: a protected person's position. Nothing of it may be stored, logged or
+    # dead-lettered; only the subjects' alerts it caused (in `transitions`) go on.
+    protected: bool = False
 
 
 class Pipeline:
@@ -57,10 +61,20 @@ class Pipeline:
         self.engine.swap_config(config)
         self.book.swap_policies(config.alerting.tier_policies())
 
-    def handle(self, topic: str, payload: bytes, received_at: datetime) -> Outcome:
+    def handle(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        future_reference: datetime | None = None,
+    ) -> Outcome:
+        """`received_at` is the engine's time of arrival; `future_reference` (the daemon's
+        wall clock, when it is ahead of engine time) only widens the future-dated check."""
         version = self._config.version
+        if is_protected_topic(topic):
+            return self._handle_protected(topic, payload, received_at, future_reference)
         try:
-            decoded = decode_any(topic, payload, received_at)
+            decoded = decode_any(topic, payload, received_at, future_reference)
             if isinstance(decoded, IgnoredMessage):
                 self.ignored[decoded.reason] += 1
                 return Outcome(ignored=decoded.reason, config_version=version)
@@ -86,6 +100,27 @@ class Pipeline:
         return Outcome(
             observation, spec.subject_id, findings, transitions, config_version=version,
             zone_transitions=zone_transitions,
+        )
+
+    def _handle_protected(
+        self,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        future_reference: datetime | None = None,
+    ) -> Outcome:
+        version = self._config.version
+        try:
+            position = decode_protected(topic, payload, received_at, future_reference)
+        except WireError as error:
+            self.rejections[error.reason] += 1
+            return Outcome(rejection=error, config_version=version, protected=True)
+        findings = self.engine.observe_protected(position, received_at)
+        transitions = [t for f in findings for t in self.book.apply(f)]
+        return Outcome(
+            findings=findings, transitions=transitions, config_version=version,
+            zone_transitions=rule_changes(findings, self._config.subjects, received_at),
+            protected=True,
         )
 
     def tick(self, now: datetime) -> list[AlertTransition]:

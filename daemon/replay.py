@@ -25,9 +25,11 @@ from typing import IO, Any
 from alerts.escalation import Escalator, Mute
 from alerts.model import Alert, AlertTransition
 from alerts.suppression import mute_for
+from daemon.habitlearning import ReplayPlaceHistory, learn_all, learn_moments
 from daemon.pipeline import Pipeline
 from daemon.ticks import grid_ceil
 from geofence.config import CoreConfig
+from geofence.observation import LocationFix
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -114,6 +116,9 @@ class Replayer:
         self._tick = timedelta(seconds=tick_interval_seconds)
         self._next_tick: datetime | None = None
         self.stats = ReplayStats()
+        # Issue 5: frequent places learnt from the replayed fixes, at the daemon's moments.
+        self._place_history = ReplayPlaceHistory()
+        self._learnt_until: datetime | None = None
         self.escalator: Escalator | None = (
             Escalator(config.alerting, self.pipeline.book.get, self._mute) if escalation else None
         )
@@ -135,12 +140,27 @@ class Replayer:
             # On the daemon's grid, so ticks interleave with messages as they did live.
             self._next_tick = grid_ceil(now, self._tick.total_seconds())
         while self._next_tick <= now:
+            self._learn_places(self._next_tick)
             yield from self._escalate(self.pipeline.tick(self._next_tick), self._next_tick)
             self._next_tick += self._tick
+
+    def _learn_places(self, now: datetime) -> None:
+        habits = self.pipeline.config.behaviour.habits
+        if not habits.enabled:
+            return
+        for moment in learn_moments(self._learnt_until, now, habits.learn_hour_utc):
+            history = self._place_history.history(habits, moment)
+            for learned in learn_all(self.pipeline.config, history, moment):
+                self.pipeline.engine.set_frequent_places(learned)
+        self._learnt_until = now
 
     def feed(self, message: ReplayMessage) -> list[AlertTransition]:
         transitions = list(self._ticks_until(message.received_at))
         outcome = self.pipeline.handle(message.topic, message.payload, message.received_at)
+        habits = self.pipeline.config.behaviour.habits
+        if (habits.enabled and isinstance(outcome.observation, LocationFix)
+                and outcome.subject_id is not None):
+            self._place_history.record(habits, outcome.subject_id, outcome.observation)
         if outcome.rejection is not None:
             self.stats.rejections[outcome.rejection.reason.value] += 1
         if outcome.ignored is not None:

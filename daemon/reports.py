@@ -1,8 +1,10 @@
 """`emon track`, `emon report compliance` and `emon db maintain`: read queries for officers
 and operators, and store maintenance on demand.
 
-Reads are logged at INFO with the subject id and the time range (who looked at whose
-location is itself evidence; issue 6 has the audit table), never with coordinates.
+A track is read in the same transaction as its `track.read` row in the audit log (who:
+`--as` officer or the OS account, from where: `cli:<user>@<host>`; daemon.access_cli), so
+no location leaves the database unrecorded. Reads are also logged at INFO with the subject
+id and the time range, never with coordinates.
 """
 
 from __future__ import annotations
@@ -22,8 +24,11 @@ from zoneinfo import ZoneInfo
 import psycopg
 from psycopg import AsyncConnection
 
+from daemon.access import in_caseload
+from daemon.access_cli import CliAccessError, CliCaller, add_as_argument, cli_caller
 from daemon.configfiles import ConfigError, LoadedConfig, load_config
 from daemon.store import rollup
+from daemon.store.access_repo import insert_audit
 from daemon.store.errors import StoreError
 from daemon.track import (
     STOP_MAX_ACCURACY_M,
@@ -122,8 +127,20 @@ async def track_geojson(
     radius_m: float = STOP_RADIUS_M,
     min_duration: timedelta = STOP_MIN_DURATION,
     max_accuracy_m: float = STOP_MAX_ACCURACY_M,
+    as_officer: str | None = None,
+    reason: str | None = None,
 ) -> dict[str, Any]:
     subject = loaded.core.subjects.get(subject_id)
+    try:
+        caller = cli_caller(as_officer, loaded)
+    except CliAccessError as exc:
+        raise ReportError(str(exc)) from exc
+    if as_officer is not None:
+        directory = loaded.core.alerting.directory
+        owner = subject.officer_id if subject is not None else None
+        if not in_caseload(directory, directory.officers[as_officer], owner):
+            # Like the API's 404: the CLI does not say whether the subject exists.
+            raise ReportError(f"no subject {subject_id} in {as_officer}'s caseload")
     if subject is None and not devices:
         raise ReportError(f"unknown subject {subject_id!r} (give --device to read anyway)")
     zone = subject.timezone if subject is not None else ZoneInfo("UTC")
@@ -136,8 +153,12 @@ async def track_geojson(
     try:
         async with await AsyncConnection.connect(
             dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-        ) as conn:
+        ) as conn, conn.transaction():
             points = await fetch_track(conn, subject_id, device_ids, start, end)
+            await insert_audit(conn, caller.actor, "track.read", subject_id, caller.source, {
+                "from": start.isoformat(), "to": end.isoformat(), "points": len(points),
+                "devices": device_ids, "reason": reason,
+            })
     except psycopg.Error as exc:
         raise ReportError(f"track query failed: {exc}") from exc
     _LOGGER.info(
@@ -164,6 +185,7 @@ async def compliance(
     *,
     refresh: bool = False,
     now: datetime | None = None,
+    caller: CliCaller | None = None,
 ) -> list[dict[str, Any]]:
     """Per-subject figures of one local day: stored rollups, computed where missing.
 
@@ -191,6 +213,11 @@ async def compliance(
             alerts: dict[str, Counter[str]] = {}
             for subject_id, tier, count in await cur.fetchall():
                 alerts.setdefault(subject_id, Counter())[tier] = int(count)
+            if caller is not None:
+                # Per-subject figures (curfew away, time in exclusion zones), no positions;
+                # still about people, so on record like any read.
+                await insert_audit(conn, caller.actor, "report.compliance", day.isoformat(),
+                                   caller.source, {"subjects": len(ids), "refresh": refresh})
     except psycopg.Error as exc:
         raise ReportError(f"compliance query failed: {exc}") from exc
     out: list[dict[str, Any]] = []
@@ -259,6 +286,8 @@ def _cmd_track(args: argparse.Namespace) -> int:
                 radius_m=args.stop_radius_m,
                 min_duration=timedelta(minutes=args.stop_minutes),
                 max_accuracy_m=args.stop_max_accuracy_m,
+                as_officer=args.as_officer,
+                reason=args.reason,
             )
         )
     except ReportError as exc:
@@ -276,7 +305,13 @@ def _cmd_compliance(args: argparse.Namespace) -> int:
             day = date.fromisoformat(args.day)
         except ValueError:
             raise ReportError(f"not a date: {args.day!r}") from None
-        rows = asyncio.run(compliance(_dsn(loaded), loaded, day, refresh=args.refresh))
+        try:
+            caller = cli_caller(args.as_officer, loaded)
+        except CliAccessError as exc:
+            raise ReportError(str(exc)) from exc
+        rows = asyncio.run(
+            compliance(_dsn(loaded), loaded, day, refresh=args.refresh, caller=caller)
+        )
     except ReportError as exc:
         print(f"emon report compliance: {exc}", file=sys.stderr)
         return 2
@@ -307,7 +342,9 @@ def _cmd_maintain(args: argparse.Namespace) -> int:
             f"{'TimescaleDB' if info.timescale else 'plain PostgreSQL'}: "
             f"{report.partitions_created} partitions created, "
             f"{len(report.partitions_dropped)} dropped, {report.alerts_deleted} resolved alerts "
-            f"deleted, {report.rollup_rows} rollup rows; failed steps: "
+            f"deleted, other rows deleted: "
+            f"{', '.join(f'{t} {n}' for t, n in sorted(report.rows_deleted.items())) or 'none'}, "
+            f"{report.rollup_rows} rollup rows; failed steps: "
             f"{', '.join(report.failed_steps) or 'none'}"
         )
         if report.failed_steps:
@@ -339,6 +376,10 @@ def add_parsers(
     track.add_argument("--stop-minutes", type=float,
                        default=STOP_MIN_DURATION.total_seconds() / 60)
     track.add_argument("--stop-max-accuracy-m", type=float, default=STOP_MAX_ACCURACY_M)
+    add_as_argument(track, "read it (the subject must be in their caseload)")
+    track.add_argument("--reason", default=None,
+                       help="why you read it (kept in the audit log: the data is for "
+                       "community corrections only)")
     track.set_defaults(func=_cmd_track)
 
     report = sub.add_parser("report", help="reports from the store")
@@ -349,6 +390,7 @@ def add_parsers(
     comp.add_argument("--json", action="store_true", help="one JSON object per subject")
     comp.add_argument("--refresh", action="store_true",
                       help="recompute from the raw tables and store the result")
+    add_as_argument(comp, "read the report")
     comp.set_defaults(func=_cmd_compliance)
 
     maintain = db_sub.add_parser(

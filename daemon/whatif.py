@@ -253,11 +253,17 @@ def row_to_message(row: Sequence[Any]) -> ReplayMessage:
     )
 
 
-async def stored_messages(dsn: str, start: datetime, end: datetime) -> AsyncIterator[
-    ReplayMessage
-]:
-    """The period's stored rows as messages, in arrival order, streamed (a named cursor)."""
+async def stored_messages(
+    dsn: str, start: datetime, end: datetime, audit: tuple[str, str] | None = None
+) -> AsyncIterator[ReplayMessage]:
+    """The period's stored rows as messages, in arrival order, streamed (a named cursor).
+
+    `audit` (actor, source): a `pings.read` row is committed to the audit log before the
+    first row is read, so the replay of everyone's positions is on record even if it is
+    interrupted (docs/access.md)."""
     import psycopg
+
+    from daemon.store.access_repo import insert_audit
 
     try:
         conn = await psycopg.AsyncConnection.connect(
@@ -267,6 +273,11 @@ async def stored_messages(dsn: str, start: datetime, end: datetime) -> AsyncIter
         raise WhatIfError(f"cannot connect to the database: {exc}") from exc
     async with conn:
         try:
+            if audit is not None:
+                await insert_audit(conn, audit[0], "pings.read", "*", audit[1], {
+                    "purpose": "config diff", "from": start.isoformat(), "to": end.isoformat(),
+                })
+                await conn.commit()
             async with conn.cursor(name="emon_config_diff") as cursor:
                 cursor.itersize = FETCH_ROWS
                 await cursor.execute(_SELECT_ROWS, {"start": start, "end": end})
@@ -286,6 +297,7 @@ async def compare(
     warmup: timedelta = timedelta(minutes=DEFAULT_WARMUP_MINUTES),
     match_window: timedelta = timedelta(minutes=DEFAULT_MATCH_MINUTES),
     progress: IO[str] | None = None,
+    audit: tuple[str, str] | None = None,
 ) -> DiffResult:
     if end <= start:
         raise WhatIfError("--to must be after --from")
@@ -293,7 +305,7 @@ async def compare(
     replay_start = start - warmup
     pings = events = 0
     last_report = time.monotonic()
-    async for message in stored_messages(dsn, replay_start, end):
+    async for message in stored_messages(dsn, replay_start, end, audit):
         whatif.feed(message)
         if message.topic.endswith("/location"):
             pings += 1
@@ -412,6 +424,9 @@ def add_diff_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"default: ${ENV_DATABASE_URL}, else database.dsn of NEW")
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    from daemon.access_cli import add_as_argument
+
+    add_as_argument(parser, "replay everyone's stored pings")
 
 
 def _load(directory: Path, label: str, err: IO[str]) -> LoadedConfig | None:
@@ -439,12 +454,20 @@ def run_diff(
         err.write("--warmup-minutes and --match-minutes must not be negative\n")
         return EXIT_TROUBLE
     warmup = timedelta(minutes=args.warmup_minutes)
+    from daemon.access_cli import CliAccessError, cli_caller
+
+    try:
+        caller = cli_caller(getattr(args, "as_officer", None), new)
+    except CliAccessError as exc:
+        err.write(f"config diff: {exc}\n")
+        return EXIT_TROUBLE
     try:
         result = asyncio.run(
             compare(
                 old, new, dsn, args.start, args.end, warmup=warmup,
                 match_window=timedelta(minutes=args.match_minutes),
                 progress=None if args.quiet else err,
+                audit=(caller.actor, caller.source),
             )
         )
     except WhatIfError as exc:

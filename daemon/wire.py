@@ -59,6 +59,9 @@ class RejectReason(StrEnum):
     TS_TOO_OLD = "ts_too_old"
     UNKNOWN_EVENT_TYPE = "unknown_event_type"
     UNSUPPORTED_PAYLOAD = "unsupported_payload"  # e.g. an encrypted OwnTracks payload
+    # Never from the decoder: the daemon's reader uses it for a message whose handling
+    # raised unexpectedly (a bug), so it is dead-lettered like a refusal.
+    INTERNAL_ERROR = "internal_error"
 
 
 class WireError(Exception):
@@ -194,7 +197,12 @@ def _number(data: dict[str, Any], key: str, low: float, high: float) -> float:
     return number
 
 
-def parse_timestamp(value: Any, received_at: datetime) -> datetime:
+def parse_timestamp(
+    value: Any, received_at: datetime, future_reference: datetime | None = None
+) -> datetime:
+    """`future_reference`: the latest time the receiver knows to be real, when later than
+    `received_at` (the daemon's engine clock lags the wall clock while it absorbs a forward
+    step of the system clock; a correctly timed device must not look future-dated then)."""
     if isinstance(value, bool):
         raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
     if isinstance(value, int | float):
@@ -218,7 +226,7 @@ def parse_timestamp(value: Any, received_at: datetime) -> datetime:
             raise WireError(RejectReason.BAD_TIMESTAMP, f"out of range: {value!r}") from None
     else:
         raise WireError(RejectReason.BAD_TIMESTAMP, "ts must be RFC 3339 or epoch seconds")
-    if ts - received_at > MAX_FUTURE_SKEW:
+    if ts - max(received_at, future_reference or received_at) > MAX_FUTURE_SKEW:
         raise WireError(RejectReason.TS_IN_FUTURE, f"{ts.isoformat()} is ahead of arrival")
     if received_at - ts > MAX_PAST_AGE:
         raise WireError(RejectReason.TS_TOO_OLD, f"{ts.isoformat()} is older than 30 days")
@@ -236,10 +244,15 @@ _LOCATION_KEYS = frozenset({"ts", "lat", "lon", "acc", "src", "batt"})
 _EVENT_KEYS = frozenset({"ts", "type"})
 
 
-def decode_location(device_id: str, data: dict[str, Any], received_at: datetime) -> LocationFix:
+def decode_location(
+    device_id: str,
+    data: dict[str, Any],
+    received_at: datetime,
+    future_reference: datetime | None = None,
+) -> LocationFix:
     if "ts" not in data:
         raise WireError(RejectReason.MISSING_FIELD, "ts")
-    ts = parse_timestamp(data["ts"], received_at)
+    ts = parse_timestamp(data["ts"], received_at, future_reference)
     lat = _number(data, "lat", -90.0, 90.0)
     lon = _number(data, "lon", -180.0, 180.0)
     accuracy = _number(data, "acc", 0.0, MAX_ACCURACY_M)
@@ -262,12 +275,17 @@ def decode_location(device_id: str, data: dict[str, Any], received_at: datetime)
     )
 
 
-def decode_event(device_id: str, data: dict[str, Any], received_at: datetime) -> DeviceEvent:
+def decode_event(
+    device_id: str,
+    data: dict[str, Any],
+    received_at: datetime,
+    future_reference: datetime | None = None,
+) -> DeviceEvent:
     if "ts" not in data:
         raise WireError(RejectReason.MISSING_FIELD, "ts")
     if "type" not in data:
         raise WireError(RejectReason.MISSING_FIELD, "type")
-    ts = parse_timestamp(data["ts"], received_at)
+    ts = parse_timestamp(data["ts"], received_at, future_reference)
     try:
         event_type = DeviceEventType(data["type"])
     except (ValueError, TypeError):
@@ -284,24 +302,26 @@ def decode_event(device_id: str, data: dict[str, Any], received_at: datetime) ->
 
 
 def decode_any(
-    topic: str, payload: bytes, received_at: datetime
+    topic: str, payload: bytes, received_at: datetime, future_reference: datetime | None = None
 ) -> Observation | IgnoredMessage:
     """Any subscribed device topic: wire v1 (`decode`) or an OwnTracks phone."""
     if topic.startswith(OWNTRACKS_TOPIC_PREFIX):
         # Imported here because daemon.owntracks builds on this module's helpers.
         from daemon.owntracks import decode_owntracks
 
-        return decode_owntracks(topic, payload, received_at)
-    return decode(topic, payload, received_at)
+        return decode_owntracks(topic, payload, received_at, future_reference)
+    return decode(topic, payload, received_at, future_reference)
 
 
-def decode(topic: str, payload: bytes, received_at: datetime) -> Observation:
+def decode(
+    topic: str, payload: bytes, received_at: datetime, future_reference: datetime | None = None
+) -> Observation:
     """A wire v1 device topic (`emon/v1/devices/<id>/location|event`)."""
     device_id, channel = parse_device_topic(topic)
     data = load_json_object(payload)
     if channel == "location":
-        return decode_location(device_id, data, received_at)
-    return decode_event(device_id, data, received_at)
+        return decode_location(device_id, data, received_at, future_reference)
+    return decode_event(device_id, data, received_at, future_reference)
 
 
 def deadletter_payload(

@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
 from alerts.policy import AlertingConfig
+from geofence.behaviour_config import BehaviourParams
 from geofence.observation import DeviceKind
 from geofence.schedule import Schedule
 from geofence.zones import LocalProjection, Zone, ZoneIndex, ZoneKind
@@ -259,6 +260,8 @@ class CoreConfig:
     subjects: Mapping[str, SubjectSpec]
     rules: RuleParams = RuleParams()
     alerting: AlertingConfig = field(default_factory=AlertingConfig)  # policies.yaml
+    # Issue 5 part B: habits, gatherings, protected persons (off unless configured).
+    behaviour: BehaviourParams = field(default_factory=BehaviourParams)
     devices: Mapping[str, DeviceSpec] = field(init=False)
     exclusion_index: ZoneIndex = field(init=False)
     # One small index per subject over that subject's own exclusion zones, so the cost of a

@@ -29,10 +29,13 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from alerts.model import Finding
+from geofence.behaviour import BehaviourRules
 from geofence.config import CoreConfig
 from geofence.devicerules import DeviceRules
+from geofence.habits import LearnedPlaces
 from geofence.observation import DeviceEvent, LocationFix, Observation
 from geofence.state import DeviceState, EvalContext, Membership, PlacedFix, RuleStates
+from geofence.victims import ProtectedPosition
 from geofence.windows import FAR_FUTURE, next_boundary
 from geofence.zonerules import ZoneRules, insert_late
 
@@ -59,6 +62,8 @@ class Engine:
         self._zone_rules = ZoneRules()
         self._device_rules = DeviceRules()
         self._wakeups: list[tuple[datetime, str]] = []
+        # Issue 5 part B: habits, gatherings, protected persons (geofence.behaviour).
+        self.behaviour = BehaviourRules(self.stats)
 
     @property
     def config(self) -> CoreConfig:
@@ -119,6 +124,11 @@ class Engine:
                     ctx, observation.ts, observation.battery_pct, observation, from_event=False
                 )
             findings += self._observe_fix(ctx, observation, now)
+            # Issue 5 part B: behaviour rules see evaluated in-order fixes only.
+            if state.last_fix is observation and state.last_xy is not None:
+                findings += self.behaviour.on_fix(
+                    self._config, ctx.subject, observation, state.last_xy, now
+                )
         else:
             findings += self._observe_event(ctx, observation)
         findings += self._device_rules.after_arrival(ctx, observation, now, was_silent)
@@ -278,7 +288,22 @@ class Engine:
                 heapq.heappush(work, (following, ctx.device_id, index))
         for ctx in due:
             self._reschedule(ctx, after=now)
+        # Issue 5 part B: gatherings are judged on their own grid of instants.
+        findings += self.behaviour.on_tick(self._config, now)
         return findings
+
+    # ------------------------------------------------------------------ issue 5 part B
+
+    def observe_protected(self, position: ProtectedPosition, now: datetime) -> list[Finding]:
+        """A protected person's phone position (never stored; `geofence.victims`)."""
+        return self.behaviour.on_protected(self._config, position)
+
+    def set_frequent_places(self, learned: LearnedPlaces) -> None:
+        """Frequent places learnt from stored pings (daemon) or replayed ones (replay)."""
+        self.behaviour.set_frequent_places(learned)
+
+    def frequent_places(self, subject_id: str) -> LearnedPlaces | None:
+        return self.behaviour.habits.places(subject_id)
 
     def _next_moment(self, ctx: EvalContext, now: datetime) -> datetime | None:
         """The earliest moment at or before `now` (on the device's own clock for schedules)

@@ -4,7 +4,8 @@
 # started or stopped here), .venv with the project installed in editable mode, and the
 # officer console's page (Node.js/npm from Debian if missing; `npm ci && npm run build` in
 # console/ when its sources changed). With --with-browser (scripts/test.sh) also Debian's
-# chromium and chromium-driver for the console's end-to-end tests.
+# chromium and chromium-driver for the console's end-to-end tests, and libfaketime for the
+# fault suite's wall-clock steps.
 # Idempotent, and quick when everything is already there.
 set -euo pipefail
 
@@ -58,6 +59,9 @@ have_node() {
 
 have_npm() { command -v npm >/dev/null 2>&1; }
 
+# libfaketime: the fault suite steps the daemon's wall clock with it (tests/test_faults_clock.py).
+have_faketime() { compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null; }
+
 # Debian's packages, never a download of their own: chromedriver matches chromium's version.
 have_browser() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
 
@@ -72,6 +76,7 @@ install_system_packages() {
     have_node || missing+=(nodejs)
     # A Node.js from elsewhere (e.g. NodeSource) brings its own npm; Debian's is separate.
     have_npm || missing+=(npm)
+    if [ "$WITH_BROWSER" -eq 1 ] && ! have_faketime; then missing+=(libfaketime); fi
     if [ "$WITH_BROWSER" -eq 1 ] && ! have_browser; then missing+=(chromium chromium-driver); fi
     if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1 && have_postgres; then
         # PostgreSQL refuses to run as root; localservices runs it as this user, which
@@ -105,6 +110,10 @@ install_system_packages() {
     have_postgres || { log "PostgreSQL server still missing after apt-get install"; exit 1; }
     have_node || { log "Node.js >= $NODE_MIN_MAJOR still missing after apt-get install"; exit 1; }
     have_npm || { log "npm still missing after apt-get install"; exit 1; }
+    if [ "$WITH_BROWSER" -eq 1 ] && ! have_faketime; then
+        log "libfaketime still missing after apt-get install"
+        exit 1
+    fi
     if [ "$WITH_BROWSER" -eq 1 ] && ! have_browser; then
         log "chromium or chromium-driver still missing after apt-get install"
         exit 1

@@ -20,7 +20,11 @@ from typing import Any
 
 import aiomqtt
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -141,8 +145,19 @@ def sign_in(driver: webdriver.Chrome, base: str, token: str) -> None:
     wait(driver).until(lambda d: box.is_displayed())
     box.send_keys(token)
     driver.find_element(By.ID, "login-submit").click()
-    wait(driver).until(
-        lambda d: d.find_element(By.ID, "link-state").get_attribute("data-state") == "live"
+    # The page reloads after signing in. An element found in the old document and read in
+    # the new one fails, and Chromium 156 reports that as a generic "Node ... does not belong
+    # to the document" rather than a stale element: read the state in one script, in
+    # whichever document is current, and poll through the reload's errors.
+    WebDriverWait(
+        driver, BROWSER_WAIT_SECONDS, poll_frequency=0.05,
+        ignored_exceptions=(WebDriverException,),
+    ).until(
+        lambda d: d.execute_script(
+            "const e = document.getElementById('link-state');"
+            " return e !== null && e.dataset.state === 'live';"
+        )
+        is True
     )
 
 

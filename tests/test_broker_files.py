@@ -33,7 +33,11 @@ def test_accounts_follow_the_roster() -> None:
     assert [a.name for a in accounts] == [
         "emon-daemon", "alerts-reader", "operator",
         "cmd-futian", "off-chen", "off-li", "sup-wang", *ROSTER_DEVICES,
+        "p-0001",  # issue 5: the example's protected person's phone
     ]  # fmt: skip
+    assert {(g.access, g.topic) for g in by_name["p-0001"].grants} == {
+        ("write", "emon/v1/protected/p-0001/location"),
+    }
     device = by_name["tag-s002"]
     assert device.role is AccountRole.DEVICE
     assert {(g.access, g.topic) for g in device.grants} == {
@@ -44,6 +48,7 @@ def test_accounts_follow_the_roster() -> None:
         ("read", "emon/v1/devices/+/location"),
         ("read", "emon/v1/devices/+/event"),
         ("read", "owntracks/+/+"),
+        ("read", "emon/v1/protected/+/location"),
         ("read", "emon/v1/commands/+"),
         ("write", "emon/v1/alerts/#"),
         ("write", "emon/v1/deadletter/#"),
@@ -185,7 +190,7 @@ def test_cli_regenerates_after_a_roster_change(tmp_path: Path) -> None:
 
     code, out, _ = run_emon(*args, "--credentials", str(creds))
     assert code == 0
-    assert "10 accounts: 0 kept, 10 new or rotated" in out
+    assert "11 accounts: 0 kept, 11 new or rotated" in out
     for path in (passwd, creds):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = parse_password_file(passwd.read_text(encoding="utf-8"), "passwd")
@@ -203,7 +208,7 @@ def test_cli_regenerates_after_a_roster_change(tmp_path: Path) -> None:
     write_roster(config, add_devices={"s900": "tag-s900"}, drop_subjects=("s001",))
     code, out, _ = run_emon(*args, "--credentials", str(creds))
     assert code == 0
-    assert "10 accounts: 9 kept, 1 new or rotated" in out
+    assert "11 accounts: 10 kept, 1 new or rotated" in out
     assert "1 revoked" in out
     second = parse_password_file(passwd.read_text(encoding="utf-8"), "passwd")
     assert "tag-s001" not in second

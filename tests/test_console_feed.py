@@ -356,13 +356,16 @@ async def test_alerts_go_at_once_and_positions_at_most_every_flush_interval(
     task = await _run_pump(client, socket)
     loop = asyncio.get_running_loop()
     feed.on_observation(_fix("tag-s001", NOW), "s001")
-    await asyncio.sleep(0.02)  # the first positions go at once
+    for _ in range(200):  # the first positions go at once (polled: the machine may be loaded)
+        if socket.chunks:
+            break
+        await asyncio.sleep(0.01)
     for i in range(20):  # 20 pings within one interval: one more write, the newest
         feed.on_observation(_fix("tag-s001", NOW + timedelta(seconds=i + 1)), "s001")
-        await asyncio.sleep(0.005)
+    await asyncio.sleep(0)
     sent_alert_at = loop.time()
     feed.on_transitions(_strap_open(pipeline, "tag-s002", NOW))
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.5)
     client.close("test")
     assert await task == "test"
     events = [(at, e) for at, chunk in socket.chunks for e in _events([chunk])]
@@ -372,7 +375,8 @@ async def test_alerts_go_at_once_and_positions_at_most_every_flush_interval(
         NOW.isoformat(), (NOW + timedelta(seconds=20)).isoformat()]
     assert positions[1][0] - positions[0][0] >= 0.2 - 0.01
     assert len(alerts) == 1
-    assert alerts[0][0] - sent_alert_at < 0.1  # not held back by the position interval
+    # Not held back by the position interval: out before the held-back positions.
+    assert sent_alert_at <= alerts[0][0] < positions[1][0]
 
 
 async def test_heartbeat_when_idle(pipeline: Pipeline, scopes: Scopes) -> None:

@@ -17,25 +17,19 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import aiomqtt
-import psycopg
 import pytest
-import yaml
 
 from daemon.localservices import MosquittoProcess, PostgresProcess, find_free_port
 from simulators.publisher import publish
 from simulators.scripted_day import expected_alerts, scripted_day
+from tests.fault_harness import DaemonProcess, count, daemon_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.services, pytest.mark.fault]
 
@@ -73,79 +67,6 @@ def private_postgres(tmp_path: Path) -> Iterator[PostgresProcess]:
         server.stop()
 
 
-def daemon_config(tmp_path: Path, client_id: str) -> Path:
-    """The repo's config with a client id of this test's own."""
-    directory = tmp_path / "config"
-    shutil.copytree(REPO / "config", directory)
-    settings_path = directory / "settings.yaml"
-    settings = yaml.safe_load(settings_path.read_text(encoding="utf-8"))
-    settings["mqtt"]["client_id"] = client_id
-    settings_path.write_text(yaml.safe_dump(settings), encoding="utf-8")
-    return directory
-
-
-class DaemonProcess:
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
-        self.config, self.env, self.log_path = config, env, log
-        self.http_port = int(env["EMON_HTTP_PORT"])
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "daemon.cli", "run", "--config", str(self.config)],
-                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-
-    def metrics(self) -> dict[str, float]:
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            text = response.read().decode()
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, value = line.rsplit(" ", 1)
-                out[name] = out.get(name, 0.0) + float(value)
-        return out
-
-    def metric_sum(self, prefix: str) -> float:
-        try:
-            return sum(v for k, v in self.metrics().items() if k.startswith(prefix))
-        except OSError:
-            return -1.0
-
-    async def wait_healthy(self) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + STARTUP_TIMEOUT_SECONDS
-        while await asyncio.to_thread(self.metric_sum, "emon_mqtt_connected") < 1:
-            assert self.process is not None
-            assert self.process.poll() is None, "daemon exited"
-            assert loop.time() < deadline, "daemon not connected in time"
-            await asyncio.sleep(0.2)
-
-    async def wait_metric(self, prefix: str, at_least: float, within_seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within_seconds
-        while (value := await asyncio.to_thread(self.metric_sum, prefix)) < at_least:
-            assert loop.time() < deadline, f"{prefix} is {value}, expected >= {at_least}"
-            await asyncio.sleep(0.2)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait(30)
-
-    def cleanup(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-
 @pytest.fixture
 async def daemon(
     private_mosquitto: MosquittoProcess, private_postgres: PostgresProcess, tmp_path: Path
@@ -166,14 +87,6 @@ async def daemon(
     finally:
         process.cleanup()
         sys.stderr.write(process.log_path.read_text(errors="replace")[-6000:])
-
-
-async def count(dsn: str, query: str) -> tuple[Any, ...]:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute(query)
-        row = await cur.fetchone()
-        assert row is not None
-        return tuple(row)
 
 
 async def test_a_32_second_database_outage_loses_nothing_and_alerting_goes_on(

@@ -235,8 +235,10 @@ async def test_scenarios_live_against_a_real_daemon(
     scenario_daemon: subprocess.Popen[bytes], private_broker: MosquittoProcess
 ) -> None:
     # Different subjects and devices, so the runs do not share device state in the daemon;
-    # owntracks_phone goes through the daemon's OwnTracks subscription.
-    for name in ("strap_open", "owntracks_phone", "exclusion_entry"):
+    # owntracks_phone goes through the daemon's OwnTracks subscription. co_offender_gathering
+    # runs first: gatherings are judged on one grid of instants for the whole fleet, which
+    # never goes back (an older day's fixes would be dropped as late).
+    for name in ("co_offender_gathering", "strap_open", "owntracks_phone", "exclusion_entry"):
         scenario = load_scenario(SCENARIOS / f"{name}.yaml")
         result = await run_live(
             scenario, load_scenario_config(scenario),

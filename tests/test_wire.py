@@ -230,9 +230,11 @@ def test_reject_reason(topic: str, raw: bytes, expected: RejectReason) -> None:
 
 
 def test_every_reject_reason_is_produced_by_some_input() -> None:
-    # UNKNOWN_DEVICE: see the pipeline test; UNSUPPORTED_PAYLOAD: tests/test_owntracks.py.
+    # UNKNOWN_DEVICE: see the pipeline test; UNSUPPORTED_PAYLOAD: tests/test_owntracks.py;
+    # INTERNAL_ERROR: the daemon's reader, tests/test_faults_reader.py.
     produced = {r[3] for r in REJECTS} | {
-        RejectReason.UNKNOWN_DEVICE, RejectReason.UNSUPPORTED_PAYLOAD
+        RejectReason.UNKNOWN_DEVICE, RejectReason.UNSUPPORTED_PAYLOAD,
+        RejectReason.INTERNAL_ERROR,
     }
     assert produced == set(RejectReason)
 

@@ -16,6 +16,12 @@ const RULES: Record<string, string> = {
   power_off: "Device switched off",
   battery_low: "Battery low",
   battery_critical: "Battery critical",
+  // Issue 5 part B.
+  trajectory_anomaly: "Day far from usual places",
+  co_offender_gathering: "Met a co-offender",
+  gathering: "Met another subject",
+  victim_proximity: "Near a protected person",
+  victim_approach: "Approaching a protected person",
 };
 
 const DISPOSITIONS: Record<string, string> = {

@@ -12,7 +12,6 @@ bounds let a day-partitioned `pings` prune to the days asked for.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,19 +19,24 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
-from psycopg.types.json import Jsonb
 
 from daemon.console.status import LastFix
-from daemon.store.errors import StoreError
+from daemon.store.access_repo import (
+    TokenGrant as TokenGrant,
+)
+from daemon.store.access_repo import (
+    grant_for_digest,
+    insert_audit,
+    run_transaction,
+)
 from daemon.store.pool import Pool
 
 TRANSACTION_TIMEOUT_SECONDS = 10.0
-# Ended or expired sign-ins are kept this long (then pruned at a sign-in); the audit log
-# keeps the sign-in and sign-out for good.
-SESSION_KEEP_DAYS = 30
+# Ended or expired sign-ins are deleted by the store's maintenance job after
+# `retention.console_sessions_days` (daemon/store/maintenance.py); the audit log keeps the
+# sign-in and sign-out for its own, longer retention.
 SESSION_PREFIX = "emcs_"
 
 _T = TypeVar("_T")
@@ -45,13 +49,6 @@ def session_digest(session: str) -> str:
 def new_session() -> str:
     """256 random bits, URL-safe; only its SHA-256 is stored."""
     return SESSION_PREFIX + secrets.token_urlsafe(32)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenGrant:
-    token_id: str
-    officer_id: str
-    expires_at: datetime | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,32 +83,20 @@ class ConsoleStore:
     async def _run(
         self, what: str, body: Callable[[AsyncConnection[TupleRow]], Awaitable[_T]]
     ) -> _T:
-        try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._pool.connection(timeout=self._timeout) as conn,
-                conn.transaction(),
-            ):
-                return await body(conn)
-        except (psycopg.Error, TimeoutError) as exc:
-            raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        return await run_transaction(self._pool, what, body, timeout_seconds=self._timeout)
 
     @staticmethod
     async def _audit(
         conn: AsyncConnection[TupleRow], actor: str, action: str, obj: str, source: str,
         detail: dict[str, Any],
     ) -> None:
-        await conn.execute(
-            "INSERT INTO audit_log (actor, action, object, source, detail)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            [actor, action, obj, source, Jsonb(detail)],
-        )
+        await insert_audit(conn, actor, action, obj, source, detail)
 
     async def audit(
         self, actor: str, action: str, obj: str, source: str, detail: dict[str, Any]
     ) -> None:
         async def body(conn: AsyncConnection[TupleRow]) -> None:
-            await self._audit(conn, actor, action, obj, source, detail)
+            await insert_audit(conn, actor, action, obj, source, detail)
 
         await self._run("writing the audit log", body)
 
@@ -119,14 +104,7 @@ class ConsoleStore:
 
     async def grant_for_token(self, token_sha256: str, now: datetime) -> TokenGrant | None:
         async def body(conn: AsyncConnection[TupleRow]) -> TokenGrant | None:
-            cur = await conn.execute(
-                "SELECT token_id::text, officer_id, expires_at FROM api_tokens"
-                " WHERE token_sha256 = %s AND revoked_at IS NULL"
-                " AND (expires_at IS NULL OR expires_at > %s)",
-                [token_sha256, now],
-            )
-            row = await cur.fetchone()
-            return TokenGrant(str(row[0]), str(row[1]), row[2]) if row else None
+            return await grant_for_digest(conn, token_sha256, now)
 
         return await self._run("checking a token", body)
 
@@ -140,10 +118,6 @@ class ConsoleStore:
             expires_at = min(expires_at, grant.expires_at)
 
         async def body(conn: AsyncConnection[TupleRow]) -> None:
-            await conn.execute(
-                "DELETE FROM console_sessions WHERE expires_at < %s",
-                [now - timedelta(days=SESSION_KEEP_DAYS)],
-            )
             await conn.execute(
                 "INSERT INTO console_sessions (session_sha256, token_id, officer_id,"
                 " created_at, expires_at, source) VALUES (%s, %s, %s, %s, %s, %s)",

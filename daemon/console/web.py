@@ -45,6 +45,7 @@ from aiohttp import web
 
 from alerts.policy import Role
 from daemon import alert_metrics
+from daemon.access import Permission, TokenRole
 from daemon.configfiles import LoadedConfig
 from daemon.console import metrics
 from daemon.console.feed import (
@@ -61,6 +62,11 @@ from daemon.officer_api import (
     ActionError,
     Caller,
     OfficerActions,
+    bearer_token,
+    dumps,
+    error_response,
+    read_json_body,
+    require,
     text_field,
 )
 from daemon.pipeline import Pipeline
@@ -93,11 +99,6 @@ _UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 class ConsoleError(Exception):
     """Root of the console's own errors."""
-
-
-def _error(status: int, code: str, detail: str) -> web.Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return web.json_response({"error": code, "detail": detail}, status=status, headers=headers)
 
 
 def _content_security_policy(tile_url: str | None) -> str:
@@ -241,9 +242,9 @@ class ConsoleService:
     async def _caller(self, request: web.Request) -> tuple[Caller, str]:
         """The caller, and the digest of their session ("" when they came with a token)."""
         source = f"{CHANNEL} {request.remote or '-'}"
-        header = request.headers.get("Authorization", "")
-        if header.lower().startswith("bearer "):
-            return await self._actions.authenticate(header[7:].strip(), CHANNEL, source), ""
+        token = bearer_token(request)
+        if token is not None:
+            return await self._actions.authenticate(token, CHANNEL, source), ""
         session = request.cookies.get(COOKIE_NAME)
         if not session:
             raise ActionError(401, "unauthorized", "sign in first")
@@ -312,13 +313,13 @@ class ConsoleService:
                 caller, session = await self._caller(request)
                 result = await body(request, caller, session)
             except ActionError as exc:
-                return self._finish(_error(exc.status, exc.code, exc.message))
+                return self._finish(error_response(exc))
             if not isinstance(result, web.StreamResponse):
                 # 202 like the officer API: decided and published, recorded when the
                 # database is back.
                 waiting = isinstance(result, dict) and result.get("recorded") is False
                 status = 202 if waiting else 200
-                result = web.json_response(result, status=status, dumps=_dumps)
+                result = web.json_response(result, status=status, dumps=dumps)
             return self._finish(result)
 
         return handle
@@ -335,7 +336,7 @@ class ConsoleService:
                     raise ActionError(403, "forbidden", f"{CSRF_HEADER} header missing")
                 return self._finish(await body(request))
             except ActionError as exc:
-                return self._finish(_error(exc.status, exc.code, exc.message))
+                return self._finish(error_response(exc))
 
         return handle
 
@@ -372,7 +373,7 @@ class ConsoleService:
     # ------------------------------------------------------------------ sign-in
 
     async def _login(self, request: web.Request) -> web.StreamResponse:
-        body = await _read_json(request)
+        body = await read_json_body(request)
         token = body.get("token")
         if not isinstance(token, str) or not 0 < len(token.strip()) <= TOKEN_MAX_CHARS:
             raise ActionError(400, "bad_request", "token must be a non-empty string")
@@ -384,6 +385,13 @@ class ConsoleService:
             raise ActionError(503, "unavailable", "cannot check the token now") from exc
         directory = self._pipeline.config.alerting.directory
         officer = directory.officers.get(grant.officer_id) if grant is not None else None
+        if grant is not None and grant.role is not TokenRole.OFFICER:
+            # The map is location data: operator and admin tokens use the API instead.
+            metrics.LOGINS.labels("refused").inc()
+            raise ActionError(
+                403, "forbidden",
+                f"the console is for officers, supervisors and command, not {grant.role.value}",
+            )
         if grant is None or officer is None:
             metrics.LOGINS.labels("refused").inc()
             # The officer API's counter too: one number for refused tokens on every channel.
@@ -400,7 +408,7 @@ class ConsoleService:
         response = web.json_response(
             {**self._me_body(Caller(officer, CHANNEL, source)),
              "session_expires_at": expires_at.isoformat()},
-            dumps=_dumps,
+            dumps=dumps,
         )
         response.set_cookie(
             COOKIE_NAME, session, path=COOKIE_PATH, httponly=True, samesite="Strict",
@@ -471,6 +479,7 @@ class ConsoleService:
             return True
 
     async def _subjects(self, _request: web.Request, caller: Caller, _session: str) -> Any:
+        require(caller, Permission.LOCATIONS_READ)
         complete = await self._seed_positions()
         config = self._pipeline.config
         subject_ids = self._visible_subject_ids(caller)
@@ -498,6 +507,7 @@ class ConsoleService:
         }
 
     async def _zones(self, _request: web.Request, caller: Caller, _session: str) -> Any:
+        require(caller, Permission.LOCATIONS_READ)
         config = self._pipeline.config
         uses: dict[str, dict[str, set[str]]] = {}
         for subject_id in self._visible_subject_ids(caller):
@@ -528,6 +538,7 @@ class ConsoleService:
         return {"type": "FeatureCollection", "features": features}
 
     async def _track(self, request: web.Request, caller: Caller, _session: str) -> Any:
+        require(caller, Permission.LOCATIONS_READ)
         subject_id = request.match_info["subject_id"]
         spec = self._pipeline.config.subjects.get(subject_id)
         if spec is None or not self._actions.may_see_subject(caller, subject_id):
@@ -570,13 +581,13 @@ class ConsoleService:
     # ------------------------------------------------------------------ actions
 
     async def _ack(self, request: web.Request, caller: Caller, _session: str) -> Any:
-        body = await _read_json(request)
+        body = await read_json_body(request)
         return await self._actions.acknowledge(
             caller, request.match_info["alert_id"], text_field(body, "note")
         )
 
     async def _resolve(self, request: web.Request, caller: Caller, _session: str) -> Any:
-        body = await _read_json(request)
+        body = await read_json_body(request)
         disposition = body.get("disposition")
         return await self._actions.resolve(
             caller, request.match_info["alert_id"],
@@ -588,12 +599,13 @@ class ConsoleService:
     async def _events(self, request: web.Request) -> web.StreamResponse:
         try:
             caller, session = await self._caller(request)
+            require(caller, Permission.LOCATIONS_READ)
             visible = self.scope_of(caller.officer.officer_id) or frozenset()
             client = self.feed.subscribe(caller.officer.officer_id, visible, session)
         except ActionError as exc:
-            return _error(exc.status, exc.code, exc.message)
+            return error_response(exc)
         except FeedFullError as exc:
-            return _error(503, "unavailable", str(exc))
+            return error_response(ActionError(503, "unavailable", str(exc)))
         response = web.StreamResponse(headers={
             "Content-Type": "text/event-stream", "Cache-Control": "no-store",
             "X-Accel-Buffering": "no",  # nginx: do not buffer the stream
@@ -636,21 +648,3 @@ class ConsoleService:
 async def _write_quietly(response: web.StreamResponse, data: bytes) -> None:
     with contextlib.suppress(ConnectionError, TimeoutError):
         await asyncio.wait_for(response.write(data), 1.0)
-
-
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError:
-        raise ActionError(400, "bad_request", "body is not JSON") from None
-    if not isinstance(body, dict):
-        raise ActionError(400, "bad_request", "body must be a JSON object")
-    return body
-
-
-def _dumps(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False, default=str)

@@ -8,6 +8,7 @@ so recording the same version again only moves `last_applied_at`.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from daemon.store._json import dumps as json_dumps
+from daemon.store.access_repo import insert_audit
 from daemon.store.errors import StoreError
 from daemon.store.pool import Pool
 
@@ -40,13 +42,20 @@ class ConfigVersionRepository:
     async def record(
         self, version: str, directory: Path, files: Mapping[str, str], applied_at: datetime
     ) -> None:
-        """Store a version's files (idempotent); StoreError if the database refuses."""
+        """Store a version's files (idempotent) and, in the same transaction, a
+        `config.apply` row in the audit log; StoreError if the database refuses."""
         try:
-            async with self._pool.connection() as conn:
+            async with self._pool.connection() as conn, conn.transaction():
                 await conn.execute(
                     _UPSERT_VERSION,
                     [version, applied_at, applied_at, str(directory),
                      Jsonb(dict(files), dumps=json_dumps)],
+                )
+                # Who edited the files is the host's to say (its accounts, its version
+                # control); the log says when each version took effect, and where.
+                await insert_audit(
+                    conn, "daemon", "config.apply", version, f"daemon:{socket.gethostname()}",
+                    {"directory": str(directory), "applied_at": applied_at.isoformat()},
                 )
         except psycopg.Error as exc:
             raise StoreError(f"cannot record config version {version}: {exc}") from exc

@@ -13,7 +13,6 @@ deciding the same thing twice:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,7 +36,23 @@ from alerts.escalation import (
 from alerts.model import Alert, AlertState, AlertTransition, RuleId, Tier
 from alerts.policy import AlertingConfig
 from alerts.suppression import Silence
+from daemon.access import TokenRole
 from daemon.store._json import dumps as json_dumps
+from daemon.store.access_repo import (
+    TOKEN_PREFIX as TOKEN_PREFIX,
+)
+from daemon.store.access_repo import (
+    AccessStore,
+    TokenGrant,
+    insert_audit,
+    run_transaction,
+)
+from daemon.store.access_repo import (
+    new_token as new_token,
+)
+from daemon.store.access_repo import (
+    token_digest as token_digest,
+)
 from daemon.store.alerts_repo import (
     _ALERT_COLUMNS,
     _INSERT_HISTORY,
@@ -53,7 +68,6 @@ _LOGGER = logging.getLogger(__name__)
 TRANSACTION_TIMEOUT_SECONDS = 10.0
 SWEEP_BATCH_ROWS = 200
 DELIVERY_KIND = "delivery"  # alert_history.kind of a delivery attempt
-TOKEN_PREFIX = "emon_"
 
 
 class OutboxRouter(Protocol):
@@ -240,9 +254,6 @@ class DeliveryOutcome:
         }
 
 
-def token_digest(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
 
 class LifecycleStore:
     """Stateless over a pool; every method is one transaction (or one query)."""
@@ -250,17 +261,10 @@ class LifecycleStore:
     def __init__(self, pool: Pool, *, timeout_seconds: float = TRANSACTION_TIMEOUT_SECONDS):
         self._pool = pool
         self._timeout = timeout_seconds
+        self.access = AccessStore(pool, timeout_seconds=timeout_seconds)
 
     async def _run(self, what: str, body: Callable[[AsyncConnection[TupleRow]], Any]) -> Any:
-        try:
-            async with (
-                asyncio.timeout(self._timeout),
-                self._pool.connection(timeout=self._timeout) as conn,
-                conn.transaction(),
-            ):
-                return await body(conn)
-        except (psycopg.Error, TimeoutError) as exc:
-            raise StoreError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+        return await run_transaction(self._pool, what, body, timeout_seconds=self._timeout)
 
     # ------------------------------------------------------------------ transitions
 
@@ -628,68 +632,39 @@ class LifecycleStore:
     # ------------------------------------------------------------------ tokens and audit
 
     async def create_token(
-        self, officer_id: str, label: str, expires_at: datetime | None, token: str
+        self, officer_id: str, label: str, expires_at: datetime | None, token: str, *,
+        role: TokenRole = TokenRole.OFFICER, actor: str = "operator", source: str = "cli",
     ) -> str:
-        token_id = str(uuid.uuid4())
+        return await self.access.create_token(
+            officer_id, label, expires_at, token, role=role, actor=actor, source=source
+        )
 
-        async def body(conn: AsyncConnection[TupleRow]) -> None:
-            await conn.execute(
-                "INSERT INTO api_tokens (token_id, token_sha256, officer_id, label, expires_at)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                [token_id, token_digest(token), officer_id, label, expires_at],
-            )
-            await self._audit(conn, "operator", "token.create", token_id, "cli",
-                              {"officer_id": officer_id, "label": label})
-
-        await self._run("creating a token", body)
-        return token_id
+    async def token_grant(self, token: str, now: datetime) -> TokenGrant | None:
+        return await self.access.grant(token, now)
 
     async def officer_for_token(self, token: str, now: datetime) -> str | None:
-        rows = await self._fetch(
-            "SELECT officer_id FROM api_tokens WHERE token_sha256 = %s AND revoked_at IS NULL"
-            " AND (expires_at IS NULL OR expires_at > %s)",
-            [token_digest(token), now],
-        )
-        return str(rows[0]["officer_id"]) if rows else None
+        grant = await self.access.grant(token, now)
+        return grant.officer_id if grant is not None else None
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        return await self._fetch(
-            "SELECT token_id::text AS token_id, officer_id, label, created_at, expires_at,"
-            " revoked_at FROM api_tokens ORDER BY created_at", [],
-        )
+        return await self.access.list_tokens()
 
-    async def revoke_token(self, token_id: str) -> bool:
-        async def body(conn: AsyncConnection[TupleRow]) -> bool:
-            cur = await conn.execute(
-                "UPDATE api_tokens SET revoked_at = now()"
-                " WHERE token_id = %s AND revoked_at IS NULL", [token_id],
-            )
-            if cur.rowcount != 1:
-                return False
-            await self._audit(conn, "operator", "token.revoke", token_id, "cli", {})
-            return True
-
-        result: bool = await self._run("revoking a token", body)
-        return result
+    async def revoke_token(
+        self, token_id: str, *, actor: str = "operator", source: str = "cli"
+    ) -> bool:
+        return await self.access.revoke_token(token_id, actor=actor, source=source)
 
     @staticmethod
     async def _audit(
         conn: AsyncConnection[TupleRow], actor: str, action: str, obj: str, source: str,
         detail: dict[str, Any],
     ) -> None:
-        await conn.execute(
-            "INSERT INTO audit_log (actor, action, object, source, detail)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            [actor, action, obj, source, _jsonb(detail)],
-        )
+        await insert_audit(conn, actor, action, obj, source, detail)
 
     async def audit(
         self, actor: str, action: str, obj: str, source: str, detail: dict[str, Any]
     ) -> None:
-        async def body(conn: AsyncConnection[TupleRow]) -> None:
-            await self._audit(conn, actor, action, obj, source, detail)
-
-        await self._run("writing the audit log", body)
+        await self.access.audit(actor, action, obj, source, detail)
 
     async def audit_entries(self, obj: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         if obj is None:
@@ -727,13 +702,6 @@ class LifecycleStore:
                 return await cur.fetchall()
         except (psycopg.Error, TimeoutError) as exc:
             raise StoreError(f"query failed: {type(exc).__name__}: {exc}") from exc
-
-
-def new_token() -> str:
-    """256 random bits, URL-safe; only its SHA-256 is stored."""
-    import secrets
-
-    return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
 def window_start(now: datetime, days: float) -> datetime:

@@ -12,9 +12,12 @@ Layouts:
   once wholly older than the table's retention (`emon_drop_day_partitions`).
 * TimescaleDB: chunks are created by TimescaleDB; retention and compression are
   TimescaleDB policies (jobs run by the extension), set from settings at start-up.
-Both: resolved alerts past `resolved_alerts_days` are deleted with their history, and
-rollups older than `rollups_days`; the rollups of the last `rollup_lookback_hours` are
-recomputed (late, store-and-forward pings and transitions are folded in).
+Both: resolved alerts past `resolved_alerts_days` are deleted with their history (open
+ones never), finished notifications, ended sessions and silences and rejected rows past
+theirs, the audit log through `emon_purge_audit_log` (the one DELETE its trigger allows, and
+only for rows older than a year), and rollups older than `rollups_days`; each deletion is
+recorded as a `retention.purge` audit row. The rollups of the last `rollup_lookback_hours`
+are recomputed (late, store-and-forward pings and transitions are folded in).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 import psycopg
 from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
 
 from daemon.store import rollup
 from daemon.store.errors import StoreError
@@ -52,6 +56,8 @@ class MaintenanceReport:
     partitions_created: int = 0
     partitions_dropped: list[str] = field(default_factory=list)
     alerts_deleted: int = 0
+    # Rows deleted by retention per data class (table) other than partitions and alerts.
+    rows_deleted: dict[str, int] = field(default_factory=dict)
     rollup_rows: int = 0
     policies_set: list[str] = field(default_factory=list)
     failed_steps: list[str] = field(default_factory=list)
@@ -90,6 +96,10 @@ async def run_maintenance(
                     steps.append(("retention", lambda: _drop_old(conn, retention, now, report)))
                 steps.append(("alerts", lambda: _delete_alerts(conn, retention, now, report)))
                 steps.append(
+                    ("small tables", lambda: _delete_expired_rows(conn, retention, now, report))
+                )
+                steps.append(("audit_log", lambda: _purge_audit_log(conn, retention, now, report)))
+                steps.append(
                     ("rollups", lambda: _rollups(conn, store, retention, subjects, now, report))
                 )
                 for name, step in steps:
@@ -106,10 +116,11 @@ async def run_maintenance(
             await conn.set_autocommit(False)
     _LOGGER.info(
         "store maintenance: %s partitions created, %s dropped, %s alerts deleted, "
-        "%s rollup rows, policies %s, failed steps %s",
+        "other rows deleted %s, %s rollup rows, policies %s, failed steps %s",
         report.partitions_created,
         len(report.partitions_dropped),
         report.alerts_deleted,
+        report.rows_deleted or "-",
         report.rollup_rows,
         report.policies_set or "-",
         report.failed_steps or "-",
@@ -157,10 +168,74 @@ async def _delete_alerts(
     report: MaintenanceReport,
 ) -> None:
     cutoff = now - timedelta(days=retention.resolved_alerts_days)
-    cur = await conn.execute(
-        "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < %s", [cutoff]
-    )
-    report.alerts_deleted += max(cur.rowcount, 0)
+    # Open and acknowledged alerts are never deleted, however old: someone still owes them
+    # a decision. History, escalation state and outbox rows go with the alert (cascade).
+    async with conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM alerts WHERE state = 'resolved' AND resolved_at < %s", [cutoff]
+        )
+        deleted = max(cur.rowcount, 0)
+        if deleted:
+            await conn.execute(
+                "INSERT INTO audit_log (actor, action, object, source, detail)"
+                " VALUES ('retention', 'retention.purge', 'alerts', 'maintenance', %s)",
+                [Jsonb({"before": cutoff.isoformat(), "rows": deleted})],
+            )
+    report.alerts_deleted += deleted
+
+
+# Per data class: the table, what makes a row expire, and the retention it follows. Only
+# finished things expire: a pending notification, a live session or silence never does.
+_EXPIRING_ROWS: Final = (
+    ("notification_outbox", "status <> 'pending' AND finished_at < %s",
+     "delivered_notifications_days"),
+    ("console_sessions", "coalesce(ended_at, expires_at) < %s", "console_sessions_days"),
+    ("silences", "coalesce(ended_at, expires_at) < %s", "silences_days"),
+    # Rows PostgreSQL refused (docs/storage.md) are ping data: kept as long as pings.
+    ("store_rejects", "rejected_at < %s", "pings_days"),
+)
+
+
+async def _delete_expired_rows(
+    conn: AsyncConnection[Any],
+    retention: RetentionSettings,
+    now: datetime,
+    report: MaintenanceReport,
+) -> None:
+    for table, expired, setting in _EXPIRING_ROWS:
+        cutoff = now - timedelta(days=getattr(retention, setting))
+        async with conn.transaction():
+            cur = await conn.execute(f"DELETE FROM {table} WHERE {expired}", [cutoff])
+            deleted = max(cur.rowcount, 0)
+            if deleted:
+                # What was destroyed under the retention policy is itself on record.
+                await conn.execute(
+                    "INSERT INTO audit_log (actor, action, object, source, detail)"
+                    " VALUES ('retention', 'retention.purge', %s, 'maintenance', %s)",
+                    [table, Jsonb({"before": cutoff.isoformat(), "rows": deleted})],
+                )
+        if deleted:
+            report.rows_deleted[table] = report.rows_deleted.get(table, 0) + deleted
+
+
+async def _purge_audit_log(
+    conn: AsyncConnection[Any],
+    retention: RetentionSettings,
+    now: datetime,
+    report: MaintenanceReport,
+) -> None:
+    """Through the one door migration 0007 leaves in the append-only trigger: the
+    function sets a transaction-local flag, and the trigger still refuses rows younger
+    than a year whatever the settings say."""
+    cutoff = now - timedelta(days=retention.audit_log_days)
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT emon_purge_audit_log(%s, 'maintenance')", [cutoff]
+        )
+        row = await cur.fetchone()
+    deleted = int(row[0]) if row is not None else 0
+    if deleted:
+        report.rows_deleted["audit_log"] = deleted
 
 
 async def _rollups(

@@ -19,6 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # EMON_JOURNAL_DIR overrides store.journal.dir (tests and the demo give each daemon its own).
 ENV_JOURNAL_DIR = "EMON_JOURNAL_DIR"
 
+# The audit log's floor; migration 0007's trigger refuses to delete younger rows.
+AUDIT_LOG_MIN_DAYS = 365
+
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 
@@ -123,6 +126,35 @@ class RetentionSettings(_Strict):
     compress_after_days: int = Field(
         7, ge=1, le=3650, title="TimescaleDB: compress chunks older than this"
     )
+    delivered_notifications_days: int = Field(
+        30, ge=1, le=3650,
+        title="Finished outbox rows (sent, failed, gave up) after they finished; each "
+        "attempt stays in its alert's history. Pending ones are never deleted",
+    )
+    console_sessions_days: int = Field(
+        30, ge=1, le=3650, title="Console sign-ins after they ended or expired"
+    )
+    silences_days: int = Field(
+        730, ge=1, le=3650, title="Silences after they ended or expired (as resolved alerts)"
+    )
+    audit_log_days: int = Field(
+        AUDIT_LOG_MIN_DAYS * 5, ge=AUDIT_LOG_MIN_DAYS, le=7300,
+        title="Audit log entries (who read or did what); at least a year (the database "
+        "refuses younger deletions) and at least as long as any data it is about",
+    )
+
+    @model_validator(mode="after")
+    def _audit_outlives_data(self) -> Self:
+        longest = max(
+            self.pings_days, self.device_events_days, self.zone_transitions_days,
+            self.rollups_days, self.resolved_alerts_days, self.silences_days,
+        )
+        if self.audit_log_days < longest:
+            raise ValueError(
+                f"audit_log_days ({self.audit_log_days}) must be at least the longest data "
+                f"retention ({longest} days): who read a record must outlive the record"
+            )
+        return self
 
     @model_validator(mode="after")
     def _compress_before_drop(self) -> Self:
