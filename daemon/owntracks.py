@@ -17,6 +17,7 @@ therefore required here although OwnTracks calls it optional.
 from __future__ import annotations
 
 import re
+import sys
 from datetime import datetime
 from typing import Any, Final
 
@@ -71,8 +72,9 @@ def parse_owntracks_topic(topic: str) -> tuple[str, str]:
 
 
 def owntracks_device_id(user: str, device: str) -> str:
-    """The roster id of an OwnTracks phone: `<user>.<device>`."""
-    return f"{user}{DEVICE_ID_SEPARATOR}{device}"
+    """The roster id of an OwnTracks phone: `<user>.<device>` (interned, as in
+    `daemon.wire.parse_device_topic`)."""
+    return sys.intern(f"{user}{DEVICE_ID_SEPARATOR}{device}")
 
 
 def device_id_of_owntracks_topic(topic: str) -> str | None:

@@ -109,8 +109,8 @@ def presence_changes(
     vanishes from the snapshot was therefore left, at the latest at `observed_at` (the
     fix that made the engine forget it), which is the time recorded.
     """
-    if subject is None:
-        return []
+    if subject is None or before == after:
+        return []  # equal snapshots: no key can differ (most fixes change no presence)
     out: list[ZoneTransition] = []
 
     def add(zone_id: str, state: TransitionState, ts: datetime, previous: Presence | None) -> None:

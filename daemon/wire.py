@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -81,7 +82,10 @@ def parse_device_topic(topic: str) -> tuple[str, str]:
         raise WireError(RejectReason.BAD_TOPIC, f"unknown device channel: {topic[:120]!r}")
     if not DEVICE_ID_PATTERN.match(rest[0]):
         raise WireError(RejectReason.BAD_TOPIC, f"invalid device id: {rest[0][:70]!r}")
-    return rest[0], rest[1]
+    # Interned: the engine keeps a device's recent fixes (docs/benchmarks.md, memory), and
+    # each would otherwise hold its own copy of the id. Interned strings are freed with
+    # their last reference, so ids of refused devices do not pile up.
+    return sys.intern(rest[0]), rest[1]
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,9 @@ class Engine:
         if observation.device_id not in self._config.devices:
             self.stats["unknown_device"] += 1
             return []
-        state = self._devices.setdefault(observation.device_id, DeviceState())
+        state = self._devices.get(observation.device_id)
+        if state is None:  # not setdefault: a DeviceState is costly to build per message
+            state = self._devices[observation.device_id] = DeviceState()
         ctx = self._context(observation.device_id, state)
         assert ctx is not None
         if isinstance(observation, DeviceEvent):
@@ -177,7 +179,9 @@ class Engine:
         self.stats["fix_evaluated"] += 1
         # Has a schedule window or leave opened or closed since the rules were last judged?
         boundary_passed = state.clock is None or fix.ts >= self._next_boundary(ctx)
-        return findings + self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
+        findings += self._zone_rules.on_fix(ctx, placed, previous, boundary_passed)
+        placed.drop_point()
+        return findings
 
     def _settle_late(self, ctx: EvalContext, now: datetime) -> list[Finding]:
         """A new in-order fix: the backlogs before it are complete; report the violations

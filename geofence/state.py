@@ -93,14 +93,25 @@ class BatteryState:
 @dataclass(frozen=True, slots=True)
 class PlacedFix:
     """A fix with its projected position (metres in the config's projection) and that
-    position as a shapely point, built once: every zone test of the fix reuses it."""
+    position as a shapely point, built when a zone test first needs it and reused by the
+    fix's other zone tests. The engine drops the point once the fix is judged (the
+    history keeps HISTORY_FIXES fixes per device: points there would cost memory for the
+    rare late-fix audit, which builds them again)."""
 
     fix: LocationFix
     xy: tuple[float, float]
-    point: BaseGeometry = field(init=False, compare=False, repr=False)
+    _point: BaseGeometry | None = field(default=None, init=False, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "point", shapely.points(np.asarray(self.xy, dtype=float)))
+    @property
+    def point(self) -> BaseGeometry:
+        point = self._point
+        if point is None:
+            point = shapely.points(np.asarray(self.xy, dtype=float))
+            object.__setattr__(self, "_point", point)  # a cache, not state
+        return point
+
+    def drop_point(self) -> None:
+        object.__setattr__(self, "_point", None)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from shapely.geometry.base import BaseGeometry
+
 from alerts.model import Finding, RuleId
 from geofence.config import CoreConfig, ExclusionAssignment, SubjectSpec, ZoneRuleParams
 from geofence.observation import LocationFix
@@ -117,11 +119,16 @@ def _edge_text(zone: Zone, placed: PlacedFix | None, outside: bool) -> str:
     )
 
 
+def _point_within(zone: Zone, placed: PlacedFix, cap_m: float) -> BaseGeometry | None:
+    """The fix's point if the zone's capped distance may need it (its bounding box is
+    within the cap): the point is built only then."""
+    return placed.point if zone.box_within(*placed.xy, cap_m) else None
+
+
 def _inclusion_presence(zone: Zone, placed: PlacedFix, params: ZoneRuleParams) -> Presence:
     accuracy = placed.fix.accuracy_m
-    signed = zone.signed_distance_capped_m(
-        *placed.xy, accuracy + params.margin_m, placed.point
-    )
+    cap = accuracy + params.margin_m
+    signed = zone.signed_distance_capped_m(*placed.xy, cap, _point_within(zone, placed, cap))
     return inclusion_presence(signed, accuracy, params.margin_m)
 
 
@@ -134,7 +141,7 @@ def _exclusion_presences(
 ) -> tuple[Presence, Presence | None]:
     accuracy = placed.fix.accuracy_m
     cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
-    signed = zone.signed_distance_capped_m(*placed.xy, cap, placed.point)
+    signed = zone.signed_distance_capped_m(*placed.xy, cap, _point_within(zone, placed, cap))
     inside = exclusion_presence(signed, accuracy, entry.margin_m, entry.max_accuracy_m)
     if band_m <= 0.0:
         return inside, None
@@ -166,10 +173,27 @@ class ZoneRules:
     def __init__(self) -> None:
         self._cache_for: CoreConfig | None = None
         self._subject_zones: dict[str, _SubjectZones] = {}
+        self._fixed_tracks: dict[str, list[Track]] = {}
+
+    def _check_cache(self, config: CoreConfig) -> None:
+        if self._cache_for is not config:
+            self._cache_for, self._subject_zones, self._fixed_tracks = config, {}, {}
+
+    def _tracks_at(self, config: CoreConfig, subject: SubjectSpec, at: datetime) -> list[Track]:
+        """`inclusion_tracks`, kept per subject while it has no leave (then they do not
+        depend on the time): every fix asks."""
+        if subject.leaves:
+            return self.inclusion_tracks(config, subject, at)
+        self._check_cache(config)
+        tracks = self._fixed_tracks.get(subject.subject_id)
+        if tracks is None:
+            tracks = self._fixed_tracks[subject.subject_id] = self.inclusion_tracks(
+                config, subject, at
+            )
+        return tracks
 
     def _zones_of(self, config: CoreConfig, subject: SubjectSpec) -> _SubjectZones:
-        if self._cache_for is not config:
-            self._cache_for, self._subject_zones = config, {}
+        self._check_cache(config)
         cached = self._subject_zones.get(subject.subject_id)
         if cached is None:
             assignments = {a.zone_id: a for a in subject.exclusions}
@@ -211,7 +235,7 @@ class ZoneRules:
         rules = config.rules
         ts = placed.fix.ts
         changed = False
-        for track in self.inclusion_tracks(config, subject, ts):
+        for track in self._tracks_at(config, subject, ts):
             params = rules.zone_params(track.rule)
             presence = _inclusion_presence(track.zone, placed, params)
             changed |= _feed(state.memberships, track.key, presence, ts, params)

@@ -157,6 +157,14 @@ class Zone:
         edge_distance = float(self.boundary_m.distance(point))
         return -edge_distance if self.geometry_m.contains(point) else edge_distance
 
+    def box_within(self, x: float, y: float, cap_m: float) -> bool:
+        """Whether the bounding box is within `cap_m` of the point (if not, the capped
+        distance is answered without geometry)."""
+        min_x, min_y, max_x, max_y = self.bounds_m
+        dx = max(min_x - x, 0.0, x - max_x)
+        dy = max(min_y - y, 0.0, y - max_y)
+        return dx * dx + dy * dy <= cap_m * cap_m
+
     def signed_distance_capped_m(
         self, x: float, y: float, cap_m: float, point: BaseGeometry | None = None
     ) -> float:
