@@ -7,6 +7,7 @@ an audit log that only the retention job may shorten."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -547,3 +548,28 @@ async def test_retention_per_data_class_and_audit_log_shortened_only_by_it(
         pg_dsn, "SELECT object, detail FROM audit_log WHERE action = 'retention.purge'")}
     assert purged == {"alerts": 1, "notification_outbox": 1, "console_sessions": 1,
                       "silences": 1, "audit_log": 1}
+
+
+@pytest.mark.services
+async def test_tokens_are_stored_only_as_digests(pg_dsn: str) -> None:
+    # A copy of the database (a backup, a leaked dump) must not give anyone a usable token:
+    # neither the tokens table nor the audit of its creation holds the token itself.
+    await migrate(pg_dsn)
+    token = new_token()
+    async with open_pool(pg_dsn, min_size=1, max_size=1) as pool:
+        store = AccessStore(pool)
+        await store.create_token("off-li", "laptop", None, token, actor="adm-liu",
+                                 source="cli:test@host")
+        now = datetime.now(UTC)
+        grant = await store.grant(token, now)
+        assert grant is not None
+        assert await store.grant(token[:-1] + ("a" if token[-1] != "a" else "b"), now) is None
+    stored = [
+        *await rows(pg_dsn, "SELECT to_jsonb(t) FROM api_tokens t"),
+        *await rows(pg_dsn, "SELECT to_jsonb(t) FROM audit_log t"),
+    ]
+    dump = "\n".join(json.dumps(row, default=str) for row in stored)
+    assert "off-li" in dump  # the rows are there
+    assert token not in dump
+    digests = await rows(pg_dsn, "SELECT token_sha256 FROM api_tokens")
+    assert digests == [(hashlib.sha256(token.encode()).hexdigest(),)]
