@@ -8,6 +8,7 @@ so recording the same version again only moves `last_applied_at`.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Mapping
 from datetime import datetime
@@ -16,7 +17,6 @@ from typing import Any, Final
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from daemon.store._json import dumps as json_dumps
 from daemon.store.access_repo import insert_audit
@@ -25,9 +25,13 @@ from daemon.store.pool import Pool
 
 _UPSERT_VERSION: Final = (
     "INSERT INTO config_versions (version, first_applied_at, last_applied_at, directory, files)"
-    " VALUES (%s, %s, %s, %s, %s)"
+    " VALUES (%s, %s, %s, %s, %s::jsonb)"
     " ON CONFLICT (version) DO UPDATE SET last_applied_at ="
     " GREATEST(config_versions.last_applied_at, EXCLUDED.last_applied_at)"
+)
+_TOUCH_VERSION: Final = (
+    "UPDATE config_versions SET last_applied_at = GREATEST(last_applied_at, %s)"
+    " WHERE version = %s"
 )
 _SELECT_VERSION: Final = (
     "SELECT version, first_applied_at, last_applied_at, directory, files"
@@ -46,11 +50,17 @@ class ConfigVersionRepository:
         `config.apply` row in the audit log; StoreError if the database refuses."""
         try:
             async with self._pool.connection() as conn, conn.transaction():
-                await conn.execute(
-                    _UPSERT_VERSION,
-                    [version, applied_at, applied_at, str(directory),
-                     Jsonb(dict(files), dumps=json_dumps)],
-                )
+                # A version seen before (every restart on unchanged files) only moves its
+                # time; a new one's files are encoded in a worker thread: a config with
+                # 100,000 zones is tens of MB of JSON, which on the event loop held up
+                # ingest for minutes (docs/benchmarks.md).
+                touched = await conn.execute(_TOUCH_VERSION, [applied_at, version])
+                if touched.rowcount == 0:
+                    encoded = await asyncio.to_thread(json_dumps, dict(files))
+                    await conn.execute(
+                        _UPSERT_VERSION,
+                        [version, applied_at, applied_at, str(directory), encoded],
+                    )
                 # Who edited the files is the host's to say (its accounts, its version
                 # control); the log says when each version took effect, and where.
                 await insert_audit(
