@@ -4,35 +4,20 @@ file, key and line as `emon config check` prints them."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from daemon.configfiles import ConfigError, ConfigProblem, load_config
+from daemon.configfiles import load_config
 from geofence.behaviour_config import ProtectedLink
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+from tests.config_edit import CONFIG_DIR, copy_example_config, edit, problems_of
 
 
 @pytest.fixture
 def config_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, target)
-    return target
+    return copy_example_config(tmp_path)
 
 
-def edit(directory: Path, relative: str, old: str, new: str) -> None:
-    path = directory / relative
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {relative}: the example config changed"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
-
-
-def problems_of(directory: Path) -> list[ConfigProblem]:
-    with pytest.raises(ConfigError) as info:
-        load_config(directory, env={})
-    return info.value.errors
 
 
 def test_example_compiles_groups_protected_persons_and_tunables() -> None:

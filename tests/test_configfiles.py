@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import shapely
 
-from daemon.configfiles import ConfigError, ConfigProblem, LoadedConfig, load_config
+from daemon.configfiles import ConfigProblem, LoadedConfig, load_config
 from geofence.observation import DeviceKind
 from geofence.zones import ZoneKind
+from tests.config_edit import CONFIG_DIR, copy_example_config, edit, problems_of
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
 SCHOOL_RING = (
     "[[[114.0694164,22.551593],[114.0705836,22.551593],[114.0705836,22.552407],"
     "[114.0694164,22.552407],[114.0694164,22.551593]]]"
@@ -29,24 +28,9 @@ def example() -> LoadedConfig:
 
 @pytest.fixture
 def config_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, target)
-    return target
+    return copy_example_config(tmp_path)
 
 
-def edit(directory: Path, relative: str, old: str, new: str) -> None:
-    path = directory / relative
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {relative}: the example config changed"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
-
-
-def problems_of(directory: Path) -> list[ConfigProblem]:
-    with pytest.raises(ConfigError) as info:
-        load_config(directory, env={})
-    assert str(info.value)  # readable as a whole
-    # Warnings (e.g. zones of the example that no subject uses) do not refuse a config.
-    return info.value.errors
 
 
 def only(problems: list[ConfigProblem], file: str) -> ConfigProblem:

@@ -4,7 +4,6 @@ each way of getting them wrong, reported with the file and key."""
 
 from __future__ import annotations
 
-import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -12,11 +11,10 @@ import pytest
 import shapely
 
 from alerts.model import RuleId
-from daemon.configfiles import ConfigError, ConfigProblem, LoadedConfig, load_config
+from daemon.configfiles import ConfigProblem, LoadedConfig, load_config
 from geofence.observation import DeviceKind
 from geofence.windows import ConfigLeaveCalendar
-
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "config"
+from tests.config_edit import CONFIG_DIR, copy_example_config, edit, problems_of
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +24,9 @@ def example() -> LoadedConfig:
 
 @pytest.fixture
 def config_copy(tmp_path: Path) -> Path:
-    target = tmp_path / "config"
-    shutil.copytree(CONFIG_DIR, target)
-    return target
+    return copy_example_config(tmp_path)
 
 
-def edit(directory: Path, relative: str, old: str, new: str) -> None:
-    path = directory / relative
-    text = path.read_text(encoding="utf-8")
-    assert old in text, f"{old!r} not in {relative}: the example config changed"
-    path.write_text(text.replace(old, new, 1), encoding="utf-8")
-
-
-def problems_of(directory: Path) -> list[ConfigProblem]:
-    with pytest.raises(ConfigError) as info:
-        load_config(directory, env={})
-    return info.value.errors
 
 
 def keys(problems: list[ConfigProblem]) -> list[tuple[str, str]]:
