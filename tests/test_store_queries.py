@@ -138,6 +138,35 @@ async def test_hourly_figures(evening: str) -> None:
     ]
 
 
+async def test_refresh_in_chunks_stores_the_same_figures(
+    evening: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The maintenance refresh goes subject by subject in chunks (so a big fleet does not
+    # hold the event loop); one subject per chunk must store what one statement stores.
+    dsn = evening
+    subjects = {SUBJECT: SHANGHAI, "s002": SHANGHAI, "s003": SHANGHAI}
+    stored: list[list[tuple[Any, ...]]] = []
+    for chunk in (1000, 1):
+        monkeypatch.setattr(rollup, "REFRESH_CHUNK_SUBJECTS", chunk)
+        async with await AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("DELETE FROM subject_hourly")
+            await conn.execute("DELETE FROM subject_daily")
+            counts = await rollup.refresh(conn, subjects, utc(1), utc(5), NOW)
+            cur = await conn.execute(
+                "SELECT subject_id, bucket, pings, largest_gap_s, away_in_curfew_s,"
+                " in_exclusion_s FROM subject_hourly ORDER BY subject_id, bucket"
+            )
+            hourly = await cur.fetchall()
+            cur = await conn.execute(
+                "SELECT subject_id, day, pings, largest_gap_s FROM subject_daily"
+                " ORDER BY subject_id, day"
+            )
+            stored.append([counts, *hourly, *await cur.fetchall()])
+    assert stored[0] == stored[1]
+    assert stored[0][0] == (3 * 4, 3)  # 3 subjects x 4 hours; one local day each
+    assert (SUBJECT, utc(1), 3, 40 * 60, 40 * 60, 15 * 60) in stored[0]
+
+
 async def test_compliance_report_reads_rollups_and_computes_what_is_missing(
     evening: str,
 ) -> None:
