@@ -133,6 +133,27 @@ def _jittered(seconds: float) -> float:
     return seconds * random.uniform(0.8, 1.2)
 
 
+def _payload_of(message: aiomqtt.Message) -> bytes:
+    raw = message.payload
+    return raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+
+
+def _dead_letter(
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    error: WireError,
+    done: asyncio.Future[None] | None = None,
+) -> OutboundMessage:
+    """The dead letter of a refused or failed device message: QoS 1 when the caller waits
+    for the broker to have it (`done`) before acknowledging the message it stands for."""
+    body = deadletter_payload(topic, payload, received_at, error)
+    return OutboundMessage(
+        "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
+        json.dumps(body, ensure_ascii=False).encode(), qos=0 if done is None else 1, done=done,
+    )
+
+
 class Daemon:
     def __init__(self, loaded: LoadedConfig) -> None:
         self._loaded = loaded
@@ -492,16 +513,10 @@ class Daemon:
             "handling a message on %s failed at %s (%s); dead-lettered as internal_error\n%s",
             topic, stage, type(exc).__name__, frames,
         )
-        raw = message.payload
-        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
         error = WireError(RejectReason.INTERNAL_ERROR, f"{type(exc).__name__} at {stage}")
-        body = deadletter_payload(topic, payload, self._clock.now(), error)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._outbound.put(
-            OutboundMessage(
-                "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
-                json.dumps(body, ensure_ascii=False).encode(), qos=1, done=done,
-            )
+            _dead_letter(topic, _payload_of(message), self._clock.now(), error, done=done)
         )
         await done
         return self._writer.seq
@@ -538,8 +553,7 @@ class Daemon:
         self._handle_stage = "evaluate"
         received_at = self._clock.now()
         topic = message.topic.value
-        raw = message.payload
-        payload = raw if isinstance(raw, bytes) else str(raw).encode() if raw is not None else b""
+        payload = _payload_of(message)
         if self._commands is not None and CommandHandler.is_command(topic):
             self._commands.submit(topic, payload)  # queued: never waits on the database
             assert self._writer is not None
@@ -558,13 +572,7 @@ class Daemon:
             reason = outcome.rejection.reason.value
             metrics.MESSAGES_REJECTED.labels(reason).inc()
             _LOGGER.debug("rejected %s: %s", topic, outcome.rejection)
-            body = deadletter_payload(topic, payload, received_at, outcome.rejection)
-            self._enqueue_nowait(
-                OutboundMessage(
-                    "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
-                    json.dumps(body, ensure_ascii=False).encode(), qos=0,
-                )
-            )
+            self._enqueue_nowait(_dead_letter(topic, payload, received_at, outcome.rejection))
             assert self._writer is not None
             return self._writer.seq
         if outcome.ignored is not None:
@@ -602,17 +610,12 @@ class Daemon:
             return None
         error = WireError(RejectReason.OUTSIDE_AUTHORISATION, "no authorised monitoring period")
         metrics.MESSAGES_REJECTED.labels(error.reason.value).inc()
-        body = deadletter_payload(topic, payload, received_at, error)
-        self._enqueue_nowait(
-            OutboundMessage(
-                "deadletter", DEADLETTER_TOPIC_PREFIX + device_id_of_topic(topic),
-                json.dumps(body, ensure_ascii=False).encode(), qos=0,
-            )
-        )
+        self._enqueue_nowait(_dead_letter(topic, payload, received_at, error))
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
         assert self._writer is not None
         return self._writer.seq
+
     async def _handle_protected(self, outcome: Outcome) -> int:
         """Issue 5: a protected person's position was judged and is forgotten: never
         stored, logged, dead-lettered or shown; only the subjects' alerts go on."""
