@@ -20,6 +20,7 @@ import logging
 import random
 import signal
 import ssl
+import time
 import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -622,10 +623,11 @@ class Daemon:
             self._commands.submit(topic, payload)  # queued: never waits on the database
             assert self._writer is not None
             return self._writer.seq
-        with metrics.PROCESS_SECONDS.time():
-            outcome = self._pipeline.handle(
-                topic, payload, received_at, future_reference=self._clock.wall_now()
-            )
+        started = time.perf_counter()
+        outcome = self._pipeline.handle(
+            topic, payload, received_at, future_reference=self._clock.wall_now()
+        )
+        metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
         if outcome.protected:
             return await self._handle_protected(outcome)
         if outcome.outside_authorisation:  # issue 5 part A: Art. 29, rules.authorisation.pings
@@ -634,20 +636,20 @@ class Daemon:
                 return target
         if outcome.rejection is not None:
             reason = outcome.rejection.reason.value
-            metrics.MESSAGES_REJECTED.labels(reason).inc()
+            metrics.REJECTED_BY_REASON(reason).inc()
             _LOGGER.debug("rejected %s: %s", topic, outcome.rejection)
             self._enqueue_nowait(_dead_letter(topic, payload, received_at, outcome.rejection))
             assert self._writer is not None
             return self._writer.seq
         if outcome.ignored is not None:
-            metrics.MESSAGES_IGNORED.labels(outcome.ignored).inc()
+            metrics.IGNORED_BY_REASON(outcome.ignored).inc()
             assert self._writer is not None
             return self._writer.seq
         observation = outcome.observation
         assert observation is not None
         assert outcome.subject_id is not None
-        metrics.MESSAGES_RECEIVED.labels(channel_of_topic(topic)).inc()
-        metrics.OBSERVATIONS_PROCESSED.labels(type(observation).__name__).inc()
+        metrics.RECEIVED_BY_CHANNEL(channel_of_topic(topic)).inc()
+        metrics.PROCESSED_BY_KIND(type(observation).__name__).inc()
         assert self._writer is not None
         self._handle_stage = "store"
         target = await self._writer.put(
@@ -685,9 +687,9 @@ class Daemon:
         stored, logged, dead-lettered or shown; only the subjects' alerts go on."""
         assert self._writer is not None
         if outcome.rejection is not None:
-            metrics.MESSAGES_REJECTED.labels(outcome.rejection.reason.value).inc()
+            metrics.REJECTED_BY_REASON(outcome.rejection.reason.value).inc()
             return self._writer.seq
-        metrics.MESSAGES_RECEIVED.labels("protected").inc()
+        metrics.RECEIVED_BY_CHANNEL("protected").inc()
         target = await self._store_zone_transitions(outcome) or self._writer.seq
         if outcome.transitions:
             await self._dispatch(outcome.transitions)
