@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeAlias
@@ -34,6 +36,35 @@ POOL_ACQUIRE_TIMEOUT_SECONDS = 10.0
 # default (5 min) lets the backoff grow to minutes, so writes would resume up to
 # minutes after the database is back; this caps that at well under a minute.
 POOL_RECONNECT_TIMEOUT_SECONDS = 30.0
+
+# A connection that committed work this recently is handed out without the check's round
+# trip (the ping writer marks its connections after every batch: at ingest rates that is
+# every few milliseconds, and the check was a round trip per batch). Short, so a server
+# restart or a killed backend is still caught by the check on nearly every checkout; a
+# batch that meets one anyway fails, is retried or journalled, and loses nothing.
+CHECK_SKIP_AFTER_COMMIT_SECONDS = 1.0
+
+# When each live connection last committed (`note_committed`).
+_COMMITTED_AT: weakref.WeakKeyDictionary[AsyncConnection[TupleRow], float] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def note_committed(conn: AsyncConnection[TupleRow]) -> None:
+    """Record that `conn` just committed: its next checkout may skip the check."""
+    _COMMITTED_AT[conn] = time.monotonic()
+
+
+async def _check_unless_just_committed(conn: AsyncConnection[TupleRow]) -> None:
+    committed_at = _COMMITTED_AT.get(conn)
+    if (
+        committed_at is not None
+        and time.monotonic() - committed_at < CHECK_SKIP_AFTER_COMMIT_SECONDS
+        and not conn.closed
+    ):
+        return
+    await AsyncConnectionPool.check_connection(conn)
+
 
 # Applied only where the DSN does not say otherwise. Keepalives make a silently
 # vanished server (network partition, failover) show up as an error within ~1 min
@@ -71,7 +102,8 @@ async def open_pool(
     server fails here, at start-up, as a `StoreError`, not on the first ping.
     Every checkout is checked (`check_connection`, one empty round trip) so that a
     connection killed while idle in the pool (server restart, failover,
-    pg_terminate_backend) is replaced instead of failing the next batch.
+    pg_terminate_backend) is replaced instead of failing the next batch; except one that
+    committed less than CHECK_SKIP_AFTER_COMMIT_SECONDS ago (`note_committed`).
     """
     pool: Pool = AsyncConnectionPool(
         conninfo,
@@ -82,7 +114,7 @@ async def open_pool(
         name=name,
         timeout=acquire_timeout_seconds,
         reconnect_timeout=reconnect_timeout_seconds,
-        check=AsyncConnectionPool.check_connection,
+        check=_check_unless_just_committed,
     )
     try:
         await pool.open(wait=True, timeout=open_timeout_seconds)

@@ -56,9 +56,9 @@ from psycopg.pq import Format
 from psycopg.rows import TupleRow
 
 from daemon.store._json import dumps as json_dumps
-from daemon.store.errors import InvalidRowError, StoreClosedError
+from daemon.store.errors import InvalidRowError, StoreClosedError, StoreError
 from daemon.store.journal import Journal, JournalError, Position, ReadChunk, encode_frame
-from daemon.store.pool import Pool, open_pool
+from daemon.store.pool import Pool, note_committed, open_pool
 from daemon.transitions import ZoneTransition
 from geofence.observation import DeviceEvent, LocationFix
 
@@ -201,6 +201,14 @@ _PING_TYPES: Final = [
 
 # Plain layout: creates the day partitions of a table for a range of days (migration 0005).
 _ENSURE_PARTITIONS: Final = "SELECT emon_ensure_day_partitions(%s::regclass, %s::date, %s::date)"
+
+
+class _DirectCopyHitStoredKey(StoreError):
+    """A fast-path COPY met a key already stored: the batch goes again, that table staged."""
+
+    def __init__(self, table: int) -> None:
+        super().__init__(_TABLES[table].name)
+        self.table = table
 
 
 @dataclass(frozen=True, slots=True)
@@ -1156,17 +1164,27 @@ class PingWriter:
             asyncio.timeout(self._batch_timeout),
             self._pool.connection(timeout=self._batch_timeout) as conn,
         ):
-            try:
-                async with conn.transaction():
-                    new = [
-                        await self._write_table(conn, table, by_table[table])
-                        for table in range(len(_TABLES))
-                    ]
-            except BaseException:
-                # A rolled-back transaction also rolled back a CREATE TEMP TABLE made
-                # in it; IF NOT EXISTS makes re-running it next time harmless.
-                self._staged.discard(conn)
-                raise
+            # At most one retry per table: each failed fast path leaves it for the dedup
+            # path (see _write_table).
+            while True:
+                direct = [self._batch_no >= at for at in self._direct_resumes_at]
+                try:
+                    async with conn.transaction():
+                        new = [
+                            await self._write_table(conn, table, by_table[table], direct[table])
+                            for table in range(len(_TABLES))
+                        ]
+                except _DirectCopyHitStoredKey as hit:
+                    self._staged.discard(conn)
+                    self._direct_resumes_at[hit.table] = self._batch_no + DEDUP_PATH_BATCHES
+                    continue
+                except BaseException:
+                    # A rolled-back transaction also rolled back a CREATE TEMP TABLE made
+                    # in it; IF NOT EXISTS makes re-running it next time harmless.
+                    self._staged.discard(conn)
+                    raise
+                break
+            note_committed(conn)
         _FLUSH_SECONDS.observe(time.perf_counter() - started)
         _BATCHES.inc()
         for table, spec in enumerate(_TABLES):
@@ -1177,30 +1195,33 @@ class PingWriter:
                     _ROWS_DUPLICATE.labels(table=spec.name).inc(given - new[table])
 
     async def _write_table(
-        self, conn: AsyncConnection[TupleRow], table: int, rows: list[tuple[Any, ...]]
+        self,
+        conn: AsyncConnection[TupleRow],
+        table: int,
+        rows: list[tuple[Any, ...]],
+        direct: bool,
     ) -> int:
         """Write one table's rows inside the batch transaction; returns rows inserted.
 
-        Fast path: COPY straight into the table, in a savepoint. ON CONFLICT costs
-        about twice a plain insert per row (speculative insertion), and nearly every
-        batch is free of duplicates, so try without it first. A batch with a key
-        already stored (QoS 1 redelivery, replay, retry of a committed batch) fails
-        with a unique violation, is undone to the savepoint and goes the dedup path:
-        COPY into the TEMP staging table, then INSERT ... SELECT ... ON CONFLICT DO
-        NOTHING. Duplicates come in bursts, so the dedup path is then used alone for
-        the next few batches.
+        Fast path (`direct`): COPY straight into the table. ON CONFLICT costs about twice
+        a plain insert per row (speculative insertion), and nearly every batch is free of
+        duplicates, so try without it first, and without a savepoint (two round trips per
+        batch): a batch with a key already stored (QoS 1 redelivery, replay, retry of a
+        committed batch) fails with a unique violation, which rolls the whole transaction
+        back, and `_write` writes the batch again with this table on the dedup path: COPY
+        into the TEMP staging table, then INSERT ... SELECT ... ON CONFLICT DO NOTHING.
+        Duplicates come in bursts, so the dedup path is then used alone for the next few
+        batches.
         """
         if not rows:
             return 0
         spec = _TABLES[table]
-        if self._batch_no >= self._direct_resumes_at[table]:
+        if direct:
             try:
-                async with conn.transaction():
-                    await self._copy(conn, spec.copy_direct, spec.types, rows)
-            except psycopg.errors.UniqueViolation:
-                self._direct_resumes_at[table] = self._batch_no + DEDUP_PATH_BATCHES
-            else:
-                return len(rows)
+                await self._copy(conn, spec.copy_direct, spec.types, rows)
+            except psycopg.errors.UniqueViolation as exc:
+                raise _DirectCopyHitStoredKey(table) from exc
+            return len(rows)
         _DEDUP_PATH.labels(table=spec.name).inc()
         if conn not in self._staged:
             await conn.execute(";".join(t.create_stage for t in _TABLES))
