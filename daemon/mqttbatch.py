@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import struct
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.matcher import MQTTMatcher
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -82,7 +83,26 @@ def install_read_batching(client: paho.Client) -> bool:
 
     # An instance attribute: aiomqtt's reader callback calls `client.loop_read()`.
     client.loop_read = loop_read  # type: ignore[method-assign]
+    matcher = getattr(client, "_on_message_filtered", None)
+    if isinstance(matcher, MQTTMatcher) and not matcher._root._children:
+        # paho walks its per-topic callback trie for every incoming message (a generator
+        # per topic level; py-spy: several % of the daemon) although aiomqtt registers no
+        # per-topic callback (it has no API for one): give it nothing to walk.
+        client._on_message_filtered = _NO_TOPIC_CALLBACKS
     return True
+
+
+class _NoTopicCallbacks(MQTTMatcher):
+    """paho's topic-callback trie, empty and not searched (see install_read_batching)."""
+
+    def iter_match(self, topic: str) -> Iterator[Any]:
+        return iter(())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        raise TypeError("per-topic callbacks are not used with aiomqtt")
+
+
+_NO_TOPIC_CALLBACKS = _NoTopicCallbacks()  # type: ignore[no-untyped-call]  # paho untyped
 
 
 def ack_many(client: paho.Client, acks: Iterable[tuple[int, int]]) -> None:
