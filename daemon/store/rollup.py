@@ -41,14 +41,18 @@ HOUR: Final = timedelta(hours=1)
 DAY: Final = timedelta(days=1)
 STATE_LOOKBACK: Final = timedelta(days=2)
 # Subjects per rollup statement (see `refresh`): small enough that building one statement's
-# arrays takes milliseconds, large enough that a 50,000-subject refresh is 50 statements.
-REFRESH_CHUNK_SUBJECTS: Final = 1000
+# buckets and arrays holds the event loop ~15 ms, large enough that a 50,000-subject
+# refresh is 200 statements. The arrays go in binary (`%(name)b`): psycopg's text array
+# dumper escapes every element with a regular expression, ~0.2 s of CPU per 1,000-subject
+# statement (7,000 hourly buckets), binary ~0.03 s (measured on the shared 2-core machine);
+# building the buckets is another ~0.03 s per 1,000 subjects.
+REFRESH_CHUNK_SUBJECTS: Final = 250
 CURFEW_RULE: Final = "curfew_away"
 
 _FIGURES: Final = """
 WITH b AS (
-    SELECT * FROM unnest(%(subjects)s::text[], %(starts)s::timestamptz[],
-                         %(ends)s::timestamptz[], %(days)s::date[], %(zones)s::text[])
+    SELECT * FROM unnest(%(subjects)b::text[], %(starts)b::timestamptz[],
+                         %(ends)b::timestamptz[], %(days)b::date[], %(zones)b::text[])
         AS b(subject_id, b0, b1, day, timezone)
 ),
 w AS (SELECT min(b0) AS w0, max(b1) AS w1 FROM b),
@@ -57,7 +61,7 @@ p AS (
       FROM b
       JOIN pings p ON p.subject_id = b.subject_id AND p.ts >= b.b0 AND p.ts < b.b1
      WHERE p.ts >= (SELECT w0 FROM w) AND p.ts < (SELECT w1 FROM w)
-       AND p.subject_id = ANY(%(subject_set)s::text[])
+       AND p.subject_id = ANY(%(subject_set)b::text[])
 ),
 counts AS (SELECT subject_id, b0, count(*) AS pings FROM p GROUP BY subject_id, b0),
 points AS (
@@ -77,7 +81,7 @@ zt AS (
     SELECT subject_id, kind, state, ts,
            lead(ts) OVER (PARTITION BY device_id, zone_id, kind ORDER BY ts) AS next_ts
       FROM zone_transitions
-     WHERE subject_id = ANY(%(subject_set)s::text[])
+     WHERE subject_id = ANY(%(subject_set)b::text[])
        AND ts < (SELECT w1 FROM w)
        AND ts >= (SELECT w0 FROM w) - %(state_lookback)s::interval
        AND (kind = %(curfew_rule)s OR (kind = 'presence' AND role = 'exclusion'))
