@@ -35,7 +35,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from alerts.model import AlertTransition, Tier
-from daemon import metrics
+from daemon import gcpolicy, metrics
 from daemon.alerting import AlertingService
 from daemon.clock import CLOCK_WATCH_INTERVAL_SECONDS, GuardedClock
 from daemon.commands import COMMANDS_SUBSCRIPTION, CommandHandler
@@ -182,7 +182,10 @@ def _dead_letter(
 
 
 class Daemon:
-    def __init__(self, loaded: LoadedConfig) -> None:
+    def __init__(self, loaded: LoadedConfig, *, freeze_gc: bool = False) -> None:
+        # freeze_gc: the GC policy of daemon/gcpolicy.py, for a process of its own (`emon
+        # run`); it would also freeze the objects of whatever else runs in the process.
+        self._freeze_gc = freeze_gc
         self._loaded = loaded
         self._settings = loaded.settings
         self._pipeline = Pipeline(loaded.core)
@@ -333,8 +336,15 @@ class Daemon:
             alerting.schedule(scheduler)
             scheduler.start()
             self._scheduler = scheduler
+            if self._freeze_gc:
+                gcpolicy.freeze_survivors()  # before ingest: its one full collection
             try:
                 async with asyncio.TaskGroup() as tasks:
+                    if self._freeze_gc:
+                        tasks.create_task(
+                            gcpolicy.freeze_periodically(self._stop_requested),
+                            name="emon-gc-freeze",
+                        )
                     tasks.create_task(self._mqtt_loop(), name="emon-mqtt")
                     tasks.create_task(self._alert_recorder(), name="emon-alert-recorder")
                     tasks.create_task(self._run_alerting(alerting), name="emon-alerting")

@@ -50,7 +50,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> None:
-        await Daemon(loaded).run()
+        await Daemon(loaded, freeze_gc=True).run()  # its own process: daemon/gcpolicy.py
 
     try:
         asyncio.run(main())
