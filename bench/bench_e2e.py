@@ -592,6 +592,10 @@ class Drain:
     dropped: int
     cpu_us_per_ping: float  # the daemon's own CPU time per stored ping while draining
     samples: list[float]
+    # Garbage-collector pauses of the daemon, start-up included (emon_gc_pause_seconds;
+    # NaN for a daemon without the metric): total seconds, and full collections.
+    gc_pause_s: float = math.nan
+    gc_full_collections: float = math.nan
 
 
 async def _create_daemon_session(broker: MosquittoProcess) -> None:
@@ -640,13 +644,27 @@ def run_drain(work: Path, broker: MosquittoProcess, watch: DroppedWatch, dsn: st
         seconds = time.monotonic() - (first_at or begin)
         if first_at is not None and last > first_rows:
             cpu_us = (cpu_seconds(daemon.process.pid) - first_cpu) / (last - first_rows) * 1e6
+        gc_pause_s, gc_full = gc_pauses(daemon)
     finally:
         if spy is not None:
             spy.wait(PROFILE_SECONDS + 30)
         stop_daemon(daemon)
     steady = samples[:-1] or samples  # the last sample ends with the backlog
     return Drain(queued, last, statistics.median(steady) if steady else 0.0, seconds, start_s,
-                 watch.value, cpu_us, samples)
+                 watch.value, cpu_us, samples, gc_pause_s, gc_full)
+
+
+def gc_pauses(daemon: RunningDaemon) -> tuple[float, float]:
+    """(seconds paused by the garbage collector, full collections) of the daemon so far."""
+    try:
+        metrics = daemon.metrics()
+    except OSError:
+        return math.nan, math.nan
+    total = sum(v for k, v in metrics.items() if k.startswith("emon_gc_pause_seconds_sum"))
+    full = metrics.get('emon_gc_pause_seconds_count{generation="2"}', math.nan)
+    if not any(k.startswith("emon_gc_pause_seconds_sum") for k in metrics):
+        return math.nan, math.nan
+    return total, full
 
 
 # ---------------------------------------------------------------------- memory (core)
@@ -774,7 +792,8 @@ def main() -> int:
                       f"of COPY); daemon CPU {result.cpu_us_per_ping:,.0f} us/ping = "
                       f"{1e6 / result.cpu_us_per_ping:,.0f} pings/s per dedicated core; "
                       f"{result.stored:,}/{result.queued:,} stored, broker dropped "
-                      f"{result.dropped}; daemon start {result.start_s:.0f} s; "
+                      f"{result.dropped}; daemon start {result.start_s:.0f} s; GC paused "
+                      f"{result.gc_pause_s:.1f} s ({result.gc_full_collections:.0f} full); "
                       f"{load_average()}")
                 results.setdefault("capacity", {})[zones] = result.__dict__
 
