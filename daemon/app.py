@@ -17,6 +17,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import random
 import signal
 import ssl
@@ -485,10 +486,19 @@ class Daemon:
                 to_ack: list[tuple[int, int]] = []
                 assert self._writer is not None
                 target = self._writer.seq
+                # One reading of the clocks per batch: its messages came off the socket in
+                # one read, so this is when each was received. Read again if anything else
+                # (a tick, a sweep, an officer action, while a message waited) read a later
+                # engine time meanwhile: engine time never goes back, as replay assumes.
+                read_s = math.nan
                 try:
                     for message in batch:
+                        if self._clock.last_read_s != read_s:
+                            read_s = self._clock.read()
+                            received_at = datetime.fromtimestamp(read_s, UTC)
+                            wall_now = self._clock.wall_now()
                         try:
-                            target = await self._handle(message)
+                            target = await self._handle(message, received_at, wall_now)
                         except StoreClosedError:
                             raise  # not this message's fault: left unacknowledged, redelivered
                         except Exception as exc:  # one message must not stop ingest
@@ -622,11 +632,13 @@ class Daemon:
             with contextlib.suppress(Exception):  # a job removed meanwhile (shutdown)
                 job.modify(next_run_time=due)
 
-    async def _handle(self, message: aiomqtt.Message) -> int:
-        """Decide on one message and hand its rows to the writer; returns the writer's
-        durability target for the message (everything put so far)."""
+    async def _handle(
+        self, message: aiomqtt.Message, received_at: datetime, wall_now: datetime
+    ) -> int:
+        """Decide on one message, received at `received_at` (engine time; `wall_now`: the
+        wall clock then), and hand its rows to the writer; returns the writer's durability
+        target for the message (everything put so far)."""
         self._handle_stage = "evaluate"
-        received_at = self._clock.now()
         topic = message.topic.value
         payload = _payload_of(message)
         if self._commands is not None and CommandHandler.is_command(topic):
@@ -635,7 +647,7 @@ class Daemon:
             return self._writer.seq
         started = time.perf_counter()
         outcome = self._pipeline.handle(
-            topic, payload, received_at, future_reference=self._clock.wall_now()
+            topic, payload, received_at, future_reference=wall_now
         )
         metrics.PROCESS_SECONDS.observe(time.perf_counter() - started)
         if outcome.protected:

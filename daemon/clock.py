@@ -95,6 +95,12 @@ class GuardedClock:
         """True while engine time differs from the wall clock after a step."""
         return self._absorbing
 
+    @property
+    def last_read_s(self) -> float:
+        """Engine time of the latest read (seconds since the epoch): a caller that reuses a
+        reading sees from this whether anyone has read a later time since."""
+        return self._engine_s
+
     def now(self) -> datetime:
         """Engine time as an aware UTC datetime (never earlier than the previous read)."""
         return datetime.fromtimestamp(self.read(), UTC)
