@@ -737,15 +737,25 @@ class PingWriter:
         table, values = encode(obs, subject_id, config_version, outside_authorisation)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
-        if len(self._rows) >= self._capacity:
+        if self._full():
             self._spill("buffer_full")
             await self._wait_for_space()
         self._append(table, values)
         return self._seq_in
 
+    def _full(self) -> bool:
+        """The memory bound: rows in the buffer, and while the journal refuses appends,
+        the chunk waiting for it too (it cannot leave memory either). Without the latter,
+        a failing journal let memory hold a whole chunk more than `buffer_rows`, by how
+        fast rows had come when the chunk was taken."""
+        held = len(self._rows)
+        if self._journal_failing:
+            held += sum(map(len, self._to_journal.values()))
+        return held >= self._capacity
+
     async def _wait_for_space(self) -> None:
         _PUT_WAITS.inc()
-        while len(self._rows) >= self._capacity:
+        while self._full():
             self._space.clear()
             await self._space.wait()
             if not self._accepting:
@@ -758,7 +768,7 @@ class PingWriter:
         table, values = encode(obs, subject_id, config_version)
         if not self._accepting:
             raise StoreClosedError("ping writer is not running")
-        if len(self._rows) >= self._capacity:
+        if self._full():
             self._spill("buffer_full")
             _BUFFER_OVERFLOW.inc()
             if not self._overflowing:
@@ -972,6 +982,7 @@ class PingWriter:
             for start, batch in group:
                 del self._to_journal[start]
                 self._durable.resolve(start, start + len(batch))
+            self._space.set()  # the chunk counted against the bound while appends failed
             self._appended.append((position, group[0][0], group[-1][0] + len(group[-1][1])))
             self._replay_wake.set()
             self._progress.set()
@@ -1010,6 +1021,7 @@ class PingWriter:
             del self._to_journal[start]
             self._durable.resolve(start, start + len(batch))
             self._written.resolve(start, start + len(batch))
+            self._space.set()
             self._progress.set()
         return True
 
