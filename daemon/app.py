@@ -85,7 +85,7 @@ STAGE_NOTIFY_TIMEOUT_SECONDS = 10.0
 ALERT_RECORD_RETRY_MAX_SECONDS = 10.0
 # Batches of messages handled but not yet acknowledged (waiting for their rows to be
 # durable); far more than the broker's window of unacknowledged messages, so it only fills
-# if acks stall (overflow counted: those messages are redelivered after a reconnect).
+# if acks stall (the reader then waits).
 ACK_QUEUE_SIZE = 10_000
 # Messages handled as one batch at most (those aiomqtt has already received): one
 # acknowledgement item and one socket write of PUBACKs per batch. Bounds how long one batch
@@ -505,12 +505,19 @@ class Daemon:
                             target = await self._dead_letter_failed(message, exc)
                         if message.qos > 0:
                             to_ack.append((message.mid, message.qos))
-                finally:
+                except BaseException:
                     self._reader_busy = False
                     if to_ack:
-                        # Also after a failure part-way: what was handled is acknowledged
-                        # once durable (in order); the rest is redelivered.
-                        self._queue_acks(client, acks, target, to_ack)
+                        # Stopped part-way: what was handled is acknowledged once durable
+                        # (in order); the rest is redelivered.
+                        self._queue_acks_nowait(client, acks, target, to_ack)
+                    raise
+                self._reader_busy = False
+                if to_ack:
+                    if self._ack_durable:
+                        await acks.put((target, to_ack))  # full: ingest waits (backpressure)
+                    else:
+                        ack_many(client._client, to_ack)
                 if self._stopping and len(client.messages) == 0:
                     return
         except asyncio.CancelledError:
@@ -520,19 +527,18 @@ class Daemon:
             if self._stopping:
                 self._reader_done.set()
 
-    def _queue_acks(
+    def _queue_acks_nowait(
         self,
         client: aiomqtt.Client,
         acks: asyncio.Queue[_AckItem],
         target: int,
         to_ack: list[tuple[int, int]],
     ) -> None:
+        """The acknowledgements of a batch the reader stopped in (it cannot wait then)."""
         if not self._ack_durable:
             ack_many(client._client, to_ack)
             return
         try:
-            # Never waits: one item per batch, and the reader is the only producer, so the
-            # queue fills only if acknowledgements stall for ACK_QUEUE_SIZE batches.
             acks.put_nowait((target, to_ack))
         except asyncio.QueueFull:
             # Counted; those messages stay unacknowledged and the broker redelivers them
