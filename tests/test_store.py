@@ -613,3 +613,17 @@ async def test_psycopg_errors_do_not_leak_from_migrate() -> None:
     with pytest.raises(StoreError) as info:
         await migrate("host=127.0.0.1 port=1 dbname=nope connect_timeout=2")
     assert isinstance(info.value.__cause__, psycopg.Error)
+
+
+async def test_request_flush_writes_now_without_waiting_for_age_or_idleness(
+    migrated: str,
+) -> None:
+    # Neither the age (an hour) nor idleness (off) nor size would write these rows.
+    async with PingWriter(migrated, flush_rows=1_000, flush_interval_seconds=3600.0) as writer:
+        for i in range(10):
+            target = await writer.put(fix("dev-r", i), "subject-r")
+        await asyncio.sleep(0.2)
+        assert writer.durable_seq == 0
+        writer.request_flush()
+        await asyncio.wait_for(writer.wait_durable(target), 10)
+        assert await count(migrated, "pings") == 10

@@ -791,6 +791,14 @@ class PingWriter:
         if n == 1 or n == self._flush_rows:
             self._wake.set()
 
+    def request_flush(self) -> None:
+        """Write every row put so far now rather than by size, age or idleness, without
+        waiting for it: for a producer whose sender stops at a window of unacknowledged
+        messages (the MQTT reader), so acknowledgements flow before the window fills."""
+        if self._flush_target < self._seq_in:
+            self._flush_target = self._seq_in
+            self._wake.set()
+
     async def flush(self) -> None:
         """Return once every row put before this call is in the database (ignores age)."""
         target = self._seq_in
