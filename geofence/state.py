@@ -17,6 +17,7 @@ from shapely.geometry.base import BaseGeometry
 
 from alerts.model import Finding, FindingKind, RuleId
 from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleParams
+from geofence.history import FixHistory, RecentTimes
 from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
 
@@ -138,14 +139,14 @@ class DeviceState:
     gnss_ref_arrival: datetime | None = None
     talked_since_gnss: bool = False
     gnss_checked: bool = False  # the tick judged the current GNSS deadline already
-    # Late fixes: the recent evaluated fixes, and late ones grouped by the gap they fell in
-    # (keyed by the ts of the evaluated fix before them).
-    history: deque[PlacedFix] = field(default_factory=lambda: deque(maxlen=HISTORY_FIXES))
+    # Late fixes: the recent evaluated fixes (compact, geofence.history), and late ones
+    # grouped by the gap they fell in (keyed by the ts of the evaluated fix before them).
+    history: FixHistory = field(default_factory=lambda: FixHistory(HISTORY_FIXES))
     late: dict[datetime, list[PlacedFix]] = field(default_factory=dict)
     audited: set[tuple[str, datetime]] = field(default_factory=set)
     late_open: set[datetime] = field(default_factory=set)  # gaps with a violation not yet ended
     # Event times of the recent fixes of any kind (judged, rejected, late): a redelivery.
-    recent_fix_ts: deque[datetime] = field(default_factory=lambda: deque(maxlen=RECENT_FIXES))
+    recent_fix_ts: RecentTimes = field(default_factory=lambda: RecentTimes(RECENT_FIXES))
     newest_fix_ts: datetime | None = None
     # Device events (the recent ones, to know a redelivery).
     recent_events: deque[tuple[datetime, DeviceEventType]] = field(

@@ -1,0 +1,140 @@
+"""Compact per-device windows of recent fixes: the late-fix history and the redelivery window.
+
+A device keeps HISTORY_FIXES evaluated fixes (to place a late fix between its neighbours)
+and the event times of its last RECENT_FIXES fixes (to recognise a QoS 1 redelivery). As
+Python objects (a `LocationFix`, its floats, its `extra` dict, a projected (x, y) tuple and
+a `PlacedFix` per fix) that cost ~440 bytes a fix, 56 KB a device with a full history; here
+a fix costs 8 bytes of time, 16 of position and 4 or 8 of accuracy in typed arrays.
+
+Exactness (decisions must be identical to keeping the objects):
+- event times are kept as int64 microseconds since the Unix epoch: `datetime` has
+  microsecond resolution, so the conversion is exact both ways and compares (and bisects)
+  exactly as the datetimes did;
+- projected x and y stay float64 (the values the rules computed, bit for bit): float32 in
+  the local metric frame would round them by up to ~4 mm at 50 km from the projection's
+  origin, enough to flip a plausibility check that sits on its limit;
+- accuracy is kept as float32 while every value kept is exactly a float32 (wire accuracies
+  are whole or one-decimal metres: 8.0 is, 7.5 is, 7.3 is not), and the column is widened
+  to float64 the first time one is not.
+
+Only the newest evaluated fix is kept as an object (`FixHistory.newest`): it is the
+previous fix of the next one (crossing evidence quotes it). Older entries are read back as
+`KeptFix` (event time, position, accuracy): what placing and vetting a late fix needs.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from geofence.state import PlacedFix
+
+__all__ = ["EPOCH", "FixHistory", "KeptFix", "RecentTimes", "from_us", "to_us"]
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+ONE_MICROSECOND = timedelta(microseconds=1)
+
+
+def to_us(ts: datetime) -> int:
+    """Microseconds since the Unix epoch; exact for any aware datetime."""
+    return (ts - EPOCH) // ONE_MICROSECOND
+
+
+def from_us(us: int) -> datetime:
+    """The UTC datetime `us` microseconds after the epoch; `from_us(to_us(t)) == t`."""
+    return EPOCH + timedelta(microseconds=us)
+
+
+class KeptFix(NamedTuple):
+    """An older evaluated fix as the history keeps it."""
+
+    ts: datetime
+    xy: tuple[float, float]
+    accuracy_m: float
+
+
+def _fits_float32(value: float) -> bool:
+    return array("f", (value,))[0] == value
+
+
+class FixHistory:
+    """The last `capacity` evaluated fixes of one device, oldest first, strictly increasing
+    in event time (the engine appends in-order fixes only)."""
+
+    __slots__ = ("_accuracy", "_capacity", "_ts_us", "_x", "_y", "newest")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._ts_us = array("q")
+        self._x = array("d")
+        self._y = array("d")
+        self._accuracy = array("f")  # widened to "d" when a value is not a float32
+        self.newest: PlacedFix | None = None
+
+    def __len__(self) -> int:
+        return len(self._ts_us)
+
+    def __bool__(self) -> bool:
+        return bool(self._ts_us)
+
+    def append(self, placed: PlacedFix) -> None:
+        """Keep an evaluated fix (newer than every kept one); forget the oldest when full."""
+        fix = placed.fix
+        accuracy = self._accuracy
+        if accuracy.typecode == "f" and not _fits_float32(fix.accuracy_m):
+            accuracy = self._accuracy = array("d", accuracy)
+        if len(self._ts_us) >= self._capacity:
+            # A shift of at most `capacity` machine words: cheaper than ring arithmetic on
+            # every read, and the arrays stay sorted for bisect.
+            del self._ts_us[0], self._x[0], self._y[0], accuracy[0]
+        self._ts_us.append(to_us(fix.ts))
+        x, y = placed.xy
+        self._x.append(x)
+        self._y.append(y)
+        accuracy.append(fix.accuracy_m)
+        self.newest = placed
+
+    def bisect_left(self, ts: datetime) -> int:
+        """Where a fix taken at `ts` would go (bisect.bisect_left on the event times)."""
+        return bisect.bisect_left(self._ts_us, to_us(ts))
+
+    def index_of(self, ts: datetime) -> int | None:
+        """The position of the kept fix taken at exactly `ts`, if it is still kept."""
+        us = to_us(ts)
+        index = bisect.bisect_left(self._ts_us, us)
+        if index < len(self._ts_us) and self._ts_us[index] == us:
+            return index
+        return None
+
+    def ts(self, index: int) -> datetime:
+        return from_us(self._ts_us[index])
+
+    def kept(self, index: int) -> KeptFix:
+        return KeptFix(
+            from_us(self._ts_us[index]), (self._x[index], self._y[index]), self._accuracy[index]
+        )
+
+
+class RecentTimes:
+    """The event times of the last `capacity` items, for a membership test (redelivery).
+    Order of arrival, not of time; int64 microseconds (exact, see the module docstring)."""
+
+    __slots__ = ("_capacity", "_us")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._us = array("q")
+
+    def __len__(self) -> int:
+        return len(self._us)
+
+    def append(self, ts: datetime) -> None:
+        if len(self._us) >= self._capacity:
+            del self._us[0]
+        self._us.append(to_us(ts))
+
+    def __contains__(self, ts: object) -> bool:
+        return isinstance(ts, datetime) and to_us(ts) in self._us
