@@ -36,6 +36,8 @@ from simulators.load import device_id
 
 FIX_INTERVAL_SECONDS = 60
 STEP_DEGREES = 2e-5  # ~2 m per fix at this latitude
+# Two frames: a dataclass's generated __init__ shows as "<string>", its caller names it.
+TRACE_FRAMES = 2
 
 
 def measure(devices: int, fixes_per_device: int, by_line: int) -> float:
@@ -49,7 +51,7 @@ def measure(devices: int, fixes_per_device: int, by_line: int) -> float:
     # One id string per device, as the wire decoder hands the engine (interned ids).
     ids = [device_id(index) for index in range(1, devices + 1)]
     engine = Engine(config)
-    tracemalloc.start(1)
+    tracemalloc.start(TRACE_FRAMES)
     before = tracemalloc.take_snapshot()
     cpu_before = time.process_time()
     for k in range(fixes_per_device):
@@ -69,11 +71,11 @@ def measure(devices: int, fixes_per_device: int, by_line: int) -> float:
           f"{fixes_per_device} fixes each ({devices:,} devices; "
           f"{cpu_s / (devices * fixes_per_device) * 1e6:,.0f} µs CPU per fix under tracemalloc)")
     if by_line:
-        for stat in after.compare_to(before, "lineno")[:by_line]:
-            frame = stat.traceback[0]
+        for stat in after.compare_to(before, "traceback")[:by_line]:
+            where = " <- ".join(f"{Path(frame.filename).name}:{frame.lineno}"
+                                for frame in reversed(stat.traceback))
             print(f"    {stat.size_diff / devices:>8,.0f} B/device "
-                  f"{stat.count_diff / devices:>7,.1f} blocks  "
-                  f"{Path(frame.filename).name}:{frame.lineno}")
+                  f"{stat.count_diff / devices:>7,.1f} blocks  {where}")
     return per_device
 
 

@@ -256,7 +256,7 @@ class Engine:
         oldest_kept = last.ts - horizon
         for key in [k for k in state.late if k < oldest_kept]:
             del state.late[key]
-        state.audited = {a for a in state.audited if a[1] >= oldest_kept}
+        state.audited.retain(lambda audited: audited[1] >= oldest_kept)
         return self._zone_rules.on_late_fix(ctx, gap_start.ts, gap_end.ts, now)
 
     # ------------------------------------------------------------------ clock

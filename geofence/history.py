@@ -26,13 +26,25 @@ from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Callable, Iterator, MutableSet
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 if TYPE_CHECKING:
     from geofence.state import PlacedFix
 
-__all__ = ["EPOCH", "FixHistory", "KeptFix", "RecentTimes", "from_us", "to_us"]
+__all__ = [
+    "EPOCH",
+    "FixHistory",
+    "KeptFix",
+    "LazySet",
+    "RecentItems",
+    "RecentTimes",
+    "from_us",
+    "to_us",
+]
+
+T = TypeVar("T")
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
@@ -138,3 +150,75 @@ class RecentTimes:
 
     def __contains__(self, ts: object) -> bool:
         return isinstance(ts, datetime) and to_us(ts) in self._us
+
+
+class RecentItems(Generic[T]):
+    """The last `capacity` items, oldest first: a drop-in for `deque(maxlen=capacity)` for
+    the few places that append, iterate and test membership. A deque allocates a block of
+    64 slots (~760 bytes) at its first item; this list grows with what is kept, and most
+    devices never send an event nor subjects a check-in."""
+
+    __slots__ = ("_capacity", "_items")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._items: list[T] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._items
+
+    def __getitem__(self, index: int) -> T:
+        return self._items[index]
+
+    def append(self, item: T) -> None:
+        if len(self._items) >= self._capacity:
+            del self._items[0]
+        self._items.append(item)
+
+
+class LazySet(MutableSet[T]):
+    """A set that costs nothing until its first item: an empty `set()` is 216 bytes, and
+    the late-fix sets of a device (gaps still open, gaps already audited) stay empty unless
+    it sends a backlog. Iteration order is not defined (callers sort or test membership);
+    it compares equal to a `set` with the same items (collections.abc.MutableSet)."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: set[T] | None = None
+
+    def __len__(self) -> int:
+        return 0 if self._items is None else len(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(()) if self._items is None else iter(self._items)
+
+    def __contains__(self, item: object) -> bool:
+        return self._items is not None and item in self._items
+
+    def add(self, item: T) -> None:
+        if self._items is None:
+            self._items = {item}
+        else:
+            self._items.add(item)
+
+    def discard(self, item: T) -> None:
+        if self._items is not None:
+            self._items.discard(item)
+            if not self._items:
+                self._items = None
+
+    def clear(self) -> None:
+        self._items = None
+
+    def retain(self, keep: Callable[[T], bool]) -> None:
+        """Keep only the items for which `keep` is true."""
+        if self._items is not None:
+            kept = {item for item in self._items if keep(item)}
+            self._items = kept or None
