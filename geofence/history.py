@@ -72,25 +72,90 @@ def _fits_float32(value: float) -> bool:
     return array("f", (value,))[0] == value
 
 
+# A time column holds whole milliseconds as int32 offsets (±24.8 days around its base).
+US_PER_MS = 1_000
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+class TimeColumn:
+    """Event times (int microseconds since the epoch) as offsets from a base: int32
+    milliseconds while every time kept is a whole millisecond within ±24.8 days of the
+    base (wire times are whole seconds or milliseconds: 4 bytes a time), else int64
+    microseconds (8 bytes, any datetime). Exact either way; a time that does not fit
+    re-encodes the column (around its oldest time first, widening only if it must)."""
+
+    __slots__ = ("_base_us", "_unit_us", "_values")
+
+    def __init__(self) -> None:
+        self._base_us = 0
+        self._unit_us = US_PER_MS
+        self._values = array("i")
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index: int) -> int:
+        return self._base_us + self._values[index] * self._unit_us
+
+    def append(self, us: int) -> None:
+        values = self._values
+        if not values and values.typecode == "i":
+            self._base_us = us
+        offset, remainder = divmod(us - self._base_us, self._unit_us)
+        if remainder or (values.typecode == "i" and not INT32_MIN <= offset <= INT32_MAX):
+            self._encode([*(self[i] for i in range(len(values))), us])
+        else:
+            values.append(offset)
+
+    def _encode(self, times_us: list[int]) -> None:
+        base = min(times_us)
+        if all((t - base) % US_PER_MS == 0 and t - base <= INT32_MAX * US_PER_MS
+               for t in times_us):
+            self._unit_us, typecode = US_PER_MS, "i"
+        else:
+            self._unit_us, typecode = 1, "q"
+        self._base_us = base
+        self._values = array(typecode, [(t - base) // self._unit_us for t in times_us])
+
+    def drop_oldest(self) -> None:
+        del self._values[0]
+
+    def bisect_left(self, us: int) -> int:
+        """bisect.bisect_left over the times (kept in increasing order by the caller)."""
+        ceiling = -((self._base_us - us) // self._unit_us)  # first offset at or after `us`
+        return bisect.bisect_left(self._values, ceiling)
+
+    def code(self, us: int) -> int | None:
+        """`us` as the column stores it, or None if no stored time can equal it."""
+        offset, remainder = divmod(us - self._base_us, self._unit_us)
+        return None if remainder else offset
+
+    def __contains__(self, us: object) -> bool:
+        if not isinstance(us, int):
+            return False
+        code = self.code(us)
+        return code is not None and code in self._values
+
+
 class FixHistory:
     """The last `capacity` evaluated fixes of one device, oldest first, strictly increasing
     in event time (the engine appends in-order fixes only)."""
 
-    __slots__ = ("_accuracy", "_capacity", "_ts_us", "_x", "_y", "newest")
+    __slots__ = ("_accuracy", "_capacity", "_ts", "_x", "_y", "newest")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._ts_us = array("q")
+        self._ts = TimeColumn()
         self._x = array("d")
         self._y = array("d")
         self._accuracy = array("f")  # widened to "d" when a value is not a float32
         self.newest: PlacedFix | None = None
 
     def __len__(self) -> int:
-        return len(self._ts_us)
+        return len(self._ts)
 
     def __bool__(self) -> bool:
-        return bool(self._ts_us)
+        return bool(self._ts)
 
     def append(self, placed: PlacedFix) -> None:
         """Keep an evaluated fix (newer than every kept one); forget the oldest when full."""
@@ -98,11 +163,12 @@ class FixHistory:
         accuracy = self._accuracy
         if accuracy.typecode == "f" and not _fits_float32(fix.accuracy_m):
             accuracy = self._accuracy = array("d", accuracy)
-        if len(self._ts_us) >= self._capacity:
+        if len(self._ts) >= self._capacity:
             # A shift of at most `capacity` machine words: cheaper than ring arithmetic on
             # every read, and the arrays stay sorted for bisect.
-            del self._ts_us[0], self._x[0], self._y[0], accuracy[0]
-        self._ts_us.append(to_us(fix.ts))
+            self._ts.drop_oldest()
+            del self._x[0], self._y[0], accuracy[0]
+        self._ts.append(to_us(fix.ts))
         x, y = placed.xy
         self._x.append(x)
         self._y.append(y)
@@ -111,45 +177,45 @@ class FixHistory:
 
     def bisect_left(self, ts: datetime) -> int:
         """Where a fix taken at `ts` would go (bisect.bisect_left on the event times)."""
-        return bisect.bisect_left(self._ts_us, to_us(ts))
+        return self._ts.bisect_left(to_us(ts))
 
     def index_of(self, ts: datetime) -> int | None:
         """The position of the kept fix taken at exactly `ts`, if it is still kept."""
         us = to_us(ts)
-        index = bisect.bisect_left(self._ts_us, us)
-        if index < len(self._ts_us) and self._ts_us[index] == us:
+        index = self._ts.bisect_left(us)
+        if index < len(self._ts) and self._ts[index] == us:
             return index
         return None
 
     def ts(self, index: int) -> datetime:
-        return from_us(self._ts_us[index])
+        return from_us(self._ts[index])
 
     def kept(self, index: int) -> KeptFix:
         return KeptFix(
-            from_us(self._ts_us[index]), (self._x[index], self._y[index]), self._accuracy[index]
+            from_us(self._ts[index]), (self._x[index], self._y[index]), self._accuracy[index]
         )
 
 
 class RecentTimes:
     """The event times of the last `capacity` items, for a membership test (redelivery).
-    Order of arrival, not of time; int64 microseconds (exact, see the module docstring)."""
+    Order of arrival, not of time (see TimeColumn for how they are kept)."""
 
-    __slots__ = ("_capacity", "_us")
+    __slots__ = ("_capacity", "_times")
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._us = array("q")
+        self._times = TimeColumn()
 
     def __len__(self) -> int:
-        return len(self._us)
+        return len(self._times)
 
     def append(self, ts: datetime) -> None:
-        if len(self._us) >= self._capacity:
-            del self._us[0]
-        self._us.append(to_us(ts))
+        if len(self._times) >= self._capacity:
+            self._times.drop_oldest()
+        self._times.append(to_us(ts))
 
     def __contains__(self, ts: object) -> bool:
-        return isinstance(ts, datetime) and to_us(ts) in self._us
+        return isinstance(ts, datetime) and to_us(ts) in self._times
 
 
 class RecentItems(Generic[T]):

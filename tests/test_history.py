@@ -16,7 +16,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from geofence.history import FixHistory, LazySet, RecentItems, RecentTimes, from_us, to_us
+from geofence.history import (
+    FixHistory,
+    LazySet,
+    RecentItems,
+    RecentTimes,
+    TimeColumn,
+    from_us,
+    to_us,
+)
 from geofence.observation import FixSource, LocationFix
 from geofence.state import PlacedFix
 
@@ -27,6 +35,18 @@ AWARE_TIMES = st.datetimes(
     timezones=st.sampled_from(
         [UTC, timezone(timedelta(hours=8)), timezone(timedelta(hours=-3, minutes=-30))]
     ),
+)
+# Wire times are whole seconds or milliseconds (the compact column's int32 case), anything
+# else widens it; spans of more than 24.8 days re-base or widen it too.
+NEAR_TIMES = st.builds(
+    lambda ms, us: datetime(2026, 11, 20, tzinfo=UTC) + timedelta(milliseconds=ms, microseconds=us),
+    st.integers(-40 * 86_400_000, 40 * 86_400_000),
+    st.one_of(st.just(0), st.just(0), st.integers(0, 999)),
+)
+GAPS_US = st.one_of(
+    st.integers(1, 10**9),
+    st.integers(1, 10**6).map(lambda ms: ms * 1_000),
+    st.integers(1, 3 * 10**6).map(lambda seconds: seconds * 1_000_000),
 )
 FINITE = st.floats(allow_nan=False, allow_infinity=False, min_value=-1e7, max_value=1e7)
 ACCURACY = st.one_of(
@@ -50,7 +70,7 @@ def test_microseconds_round_trip_exactly(ts: datetime) -> None:
 
 @settings(max_examples=60)
 @given(
-    st.lists(st.tuples(st.integers(1, 10**9), FINITE, FINITE, ACCURACY), max_size=60),
+    st.lists(st.tuples(GAPS_US, FINITE, FINITE, ACCURACY), max_size=60),
     st.integers(1, 20),
     st.lists(AWARE_TIMES, max_size=10),
 )
@@ -92,7 +112,10 @@ def test_accuracy_column_widens_when_a_value_is_not_a_float32() -> None:
     assert [history.kept(i).accuracy_m for i in range(3)] == [8.0, 7.3, 7.5]
 
 
-@given(st.lists(st.tuples(AWARE_TIMES, st.booleans()), max_size=80), st.integers(1, 30))
+@given(
+    st.lists(st.tuples(st.one_of(NEAR_TIMES, AWARE_TIMES), st.booleans()), max_size=80),
+    st.integers(1, 30),
+)
 def test_recent_times_answer_membership_like_a_bounded_deque(
     operations: list[tuple[datetime, bool]], capacity: int
 ) -> None:
@@ -148,3 +171,35 @@ def test_lazy_set_behaves_like_a_set(operations: list[tuple[str, int]]) -> None:
         assert len(lazy) == len(reference)
         assert bool(lazy) == bool(reference)
         assert all((probe in lazy) == (probe in reference) for probe in range(10))
+
+
+def test_time_column_keeps_whole_milliseconds_in_four_bytes_until_it_cannot() -> None:
+    start = to_us(datetime(2026, 11, 20, tzinfo=UTC))
+    column = TimeColumn()
+    seconds = [start + k * 60_000_000 for k in range(128)]  # a fix a minute
+    for us in seconds:
+        column.append(us)
+    assert column._values.itemsize == 4
+    # Past the int32 range of the first base: re-based around the oldest kept time.
+    for _ in range(127):
+        column.drop_oldest()
+    later = start + 24 * 86_400_000_000 + 21 * 3_600_000_000  # 24.875 days
+    column.append(later)
+    assert [column[i] for i in range(len(column))] == [seconds[127], later]
+    assert column._values.itemsize == 4
+    # A span past the int32 range widens the column (exact).
+    farther = start + 30 * 86_400_000_000
+    column.append(farther)
+    assert [column[i] for i in range(len(column))] == [seconds[127], later, farther]
+    assert column._values.itemsize == 8
+    column = TimeColumn()
+    for us in seconds:
+        column.append(us)
+    # A time that is not a whole millisecond widens the column, exactly.
+    odd = seconds[-1] + 1_234_567
+    column.append(odd)
+    assert column._values.itemsize == 8
+    assert [column[i] for i in range(len(column))] == [*seconds, odd]
+    assert odd in column
+    assert odd + 1 not in column
+    assert column.bisect_left(odd) == len(column) - 1
