@@ -40,7 +40,7 @@ STEP_DEGREES = 2e-5  # ~2 m per fix at this latitude
 TRACE_FRAMES = 2
 
 
-def measure(devices: int, fixes_per_device: int, by_line: int) -> float:
+def measure(devices: int, fixes_per_device: int, by_line: int, echo: bool = True) -> float:
     """Bytes the engine's state grew by per device after `fixes_per_device` fixes each."""
     with tempfile.TemporaryDirectory(prefix="emon-bench-mem-") as tmp:
         write_config(Path(tmp), devices, 100, 1)
@@ -67,6 +67,8 @@ def measure(devices: int, fixes_per_device: int, by_line: int) -> float:
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     per_device = grown / devices
+    if not echo:
+        return per_device
     print(f"engine state (tracemalloc): {per_device:,.0f} bytes/device after "
           f"{fixes_per_device} fixes each ({devices:,} devices; "
           f"{cpu_s / (devices * fixes_per_device) * 1e6:,.0f} µs CPU per fix under tracemalloc)")
