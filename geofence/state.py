@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -19,6 +19,9 @@ from alerts.model import Finding, FindingKind, RuleId
 from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleParams
 from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
+
+if TYPE_CHECKING:
+    from geofence.zonerules import PresenceAnchor
 
 # Evaluated fixes remembered per device to place late fixes between their neighbours: two
 # hours at one fix a minute. Older late fixes are stored by the shell but not audited.
@@ -120,6 +123,9 @@ class DeviceState:
     last_fix: LocationFix | None = None
     last_xy: tuple[float, float] | None = None
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # The last fix whose presences were all measured (`geofence.zonerules`): nearer fixes
+    # are not measured again.
+    presence_anchor: PresenceAnchor | None = None
     # The last segment between two evaluated fixes, waiting for the next fix to show its
     # end was real before a crossing is inferred along it.
     crossing_candidate: tuple[PlacedFix, PlacedFix] | None = None

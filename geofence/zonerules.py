@@ -56,6 +56,12 @@ LEAVE_PREFIX = "leave:"
 LEAVE_TRACK_LEAD = timedelta(days=1)
 # How many late fixes an audit finding quotes as evidence.
 LATE_EVIDENCE_FIXES = 5
+# The presence skip (`ZoneRules._update_tracks`): zones farther than this from a fix are not
+# looked at for how far it may move, so it never moves farther than this unmeasured.
+PRESENCE_SKIP_SEARCH_M = 250.0
+# Taken off every skip reach: GEOS distances and the projection are exact to ~1e-9 m, the
+# Lipschitz argument needs them exact, and a centimetre costs nothing.
+PRESENCE_SKIP_EPSILON_M = 0.01
 # A fix reached and left faster than this (~36 km/h), with the next fix back where the
 # device came from, is an outlier for the crossing rule.
 SPIKE_SPEED_MPS = 10.0
@@ -76,6 +82,25 @@ class Track:
     key: str
     zone: Zone
     rule: RuleId  # whose dwell parameters apply
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceAnchor:
+    """The last fix whose zone presences were all measured, and how far a later fix may
+    be from it (metres moved plus metres of accuracy changed) with every presence and
+    every measured zone the same. Signed distance to an edge, and the distance to a box,
+    change by at most the distance moved (1-Lipschitz), so such a fix would feed every
+    track what it was fed last time, which changes nothing (`_settled`)."""
+
+    config: CoreConfig
+    tracks: list[Track]
+    track_keys: list[str]
+    xy: tuple[float, float]
+    accuracy_m: float
+    reach_m: float
+
+    def within(self, xy: tuple[float, float], accuracy_m: float) -> bool:
+        return math.dist(self.xy, xy) + abs(accuracy_m - self.accuracy_m) < self.reach_m
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +176,89 @@ def _exclusion_presences(
     return inside, near
 
 
+def _settled(membership: Membership, presence: Presence) -> bool:
+    """Whether feeding `presence` again would leave the membership exactly as it is."""
+    return presence is Presence.UNCERTAIN or (
+        presence is membership.confirmed and membership.pending is None
+    )
+
+
+def _inclusion_slack(
+    presence: Presence, signed: float, accuracy: float, margin: float, exact: bool
+) -> float:
+    """How far `signed` and `accuracy` may each move (their changes summed) with
+    `inclusion_presence` still `presence`; negative if that is not known. `signed` is the
+    true signed distance when `exact`, else a bound on it (then only INSIDE/OUTSIDE, where
+    the presence is monotone in the distance, can be kept)."""
+    if inclusion_presence(signed, accuracy, margin) is not presence:
+        return -1.0
+    if presence is Presence.OUTSIDE:
+        return signed - accuracy - margin
+    if presence is Presence.INSIDE:
+        return min(-signed, margin - accuracy - signed)
+    if not exact:
+        return -1.0
+    not_outside = margin - (signed - accuracy)
+    not_inside = max(signed, accuracy + signed - margin)
+    return min(not_outside, not_inside)
+
+
+def _exclusion_slack(
+    presence: Presence, signed: float, accuracy: float, params: ZoneRuleParams, exact: bool
+) -> float:
+    """As `_inclusion_slack`, for `exclusion_presence`."""
+    margin, max_accuracy = params.margin_m, params.max_accuracy_m
+    if exclusion_presence(signed, accuracy, margin, max_accuracy) is not presence:
+        return -1.0
+    if presence is Presence.OUTSIDE:
+        return signed - accuracy - margin
+    if presence is Presence.INSIDE:
+        return min(accuracy - signed - margin, max_accuracy - accuracy)
+    if not exact:
+        return -1.0
+    not_outside = margin - (signed - accuracy)
+    not_inside = max(accuracy - max_accuracy, margin - (accuracy - signed))
+    return min(not_outside, not_inside)
+
+
+def _inclusion_presence_slack(
+    zone: Zone, placed: PlacedFix, params: ZoneRuleParams
+) -> tuple[Presence, float]:
+    """`_inclusion_presence`, and how far the next fix may move with it unchanged."""
+    accuracy = placed.fix.accuracy_m
+    cap = accuracy + params.margin_m
+    value, bound, reach, exact = zone.signed_distance_bounded_m(
+        *placed.xy, cap, _point_within(zone, placed, cap)
+    )
+    presence = inclusion_presence(value, accuracy, params.margin_m)
+    slack = _inclusion_slack(presence, bound, accuracy, params.margin_m, exact)
+    return presence, min(slack, reach)
+
+
+def _exclusion_presences_slack(
+    zone: Zone,
+    placed: PlacedFix,
+    entry: ZoneRuleParams,
+    approach: ZoneRuleParams,
+    band_m: float,
+) -> tuple[tuple[Presence, Presence | None], float]:
+    """`_exclusion_presences`, and how far the next fix may move with both unchanged."""
+    accuracy = placed.fix.accuracy_m
+    cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
+    value, bound, reach, exact = zone.signed_distance_bounded_m(
+        *placed.xy, cap, _point_within(zone, placed, cap)
+    )
+    inside = exclusion_presence(value, accuracy, entry.margin_m, entry.max_accuracy_m)
+    slack = min(reach, _exclusion_slack(inside, bound, accuracy, entry, exact))
+    if band_m <= 0.0:
+        return (inside, None), slack
+    near = exclusion_presence(
+        value - band_m, accuracy, approach.margin_m, approach.max_accuracy_m
+    )
+    slack = min(slack, _exclusion_slack(near, bound - band_m, accuracy, approach, exact))
+    return (inside, near), slack
+
+
 def _approach_may_raise(entry: Membership | None, band: Membership) -> bool:
     """An approach warning is for someone who came near and stayed out: not while they are
     (or are about to be confirmed) inside, and not for the walk out after a visit."""
@@ -170,7 +278,9 @@ def _approach_may_raise(entry: Membership | None, band: Membership) -> bool:
 class ZoneRules:
     """Stateless apart from per-config caches; all device state lives in `DeviceState`."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip_unmoved: bool = True) -> None:
+        # False only to check the skip against the full measurement (tests, benchmarks).
+        self.skip_unmoved = skip_unmoved
         self._cache_for: CoreConfig | None = None
         self._subject_zones: dict[str, _SubjectZones] = {}
         self._fixed_tracks: dict[str, list[Track]] = {}
@@ -230,52 +340,89 @@ class ZoneRules:
 
     def _update_tracks(self, ctx: EvalContext, placed: PlacedFix) -> bool:
         """Feed one in-order fix to every track; True if any confirmed or pending presence
-        changed (otherwise no zone rule can change at this fix)."""
+        changed (otherwise no zone rule can change at this fix).
+
+        A fix that has not moved far enough from the last fully judged one (its *anchor*)
+        to change any presence is not measured at all (`PresenceAnchor`): feeding it would
+        change nothing, and most fixes of a day are at home or at work."""
         config, subject, state = ctx.config, ctx.subject, ctx.state
         rules = config.rules
         ts = placed.fix.ts
+        accuracy = placed.fix.accuracy_m
+        tracks = self._tracks_at(config, subject, ts)
+        anchor = state.presence_anchor
+        if (
+            anchor is not None
+            and self.skip_unmoved
+            and anchor.config is config
+            and anchor.within(placed.xy, accuracy)
+            and (anchor.tracks is tracks or anchor.track_keys == [t.key for t in tracks])
+        ):
+            ctx.stats["fix_presence_unmoved"] += 1
+            return False
+        state.presence_anchor = None
+        # How far (metres of movement plus change of accuracy) the next fix may differ from
+        # this one with every presence, and the zones measured, staying as they are now.
+        reach = PRESENCE_SKIP_SEARCH_M
         changed = False
-        for track in self._tracks_at(config, subject, ts):
+        memberships = state.memberships
+        for track in tracks:
             params = rules.zone_params(track.rule)
-            presence = _inclusion_presence(track.zone, placed, params)
-            changed |= _feed(state.memberships, track.key, presence, ts, params)
-        measured: set[str] = set()
+            presence, slack = _inclusion_presence_slack(track.zone, placed, params)
+            changed |= _feed(memberships, track.key, presence, ts, params)
+            reach = min(reach, slack if _settled(memberships[track.key], presence) else -1.0)
         zones = self._zones_of(config, subject)
-        if not zones.assignments:
-            return changed
-        entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
-        approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
-        radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
-        x, y = placed.xy
-        # Bounding-box candidates: a zone left out is clear of the circle, margin and band;
-        # one let in is measured exactly below.
-        for zone in zones.index.candidates(x - radius, y - radius, x + radius, y + radius):
-            assignment = zones.assignments[zone.zone_id]
-            inside, near = _exclusion_presences(zone, placed, entry, approach,
-                                                assignment.approach_m)
-            changed |= _feed(state.memberships, zone.zone_id, inside, ts, entry)
-            measured.add(zone.zone_id)
-            if near is not None:
-                key = approach_key(zone.zone_id)
-                changed |= _feed(state.memberships, key, near, ts, approach)
-                measured.add(key)
-        # Zones the index did not return are clear of the whole circle, band and margin.
-        # Once confirmed clear, with nothing pending or raised, their track is forgotten: it
-        # holds nothing a fresh one would not, and a subject with thousands of zones (all
-        # the schools of a district) keeps only the few it is near.
-        for key in list(state.memberships):
-            if key in zones.keys and key not in measured:
-                params = approach if key.endswith(APPROACH_SUFFIX) else entry
-                changed |= _feed(state.memberships, key, Presence.OUTSIDE, ts, params)
-                membership = state.memberships[key]
-                zone_id = key.removesuffix(APPROACH_SUFFIX)
-                if (
-                    membership.confirmed is Presence.OUTSIDE
-                    and membership.pending is None
-                    and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
-                    and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
-                ):
-                    del state.memberships[key]
+        if zones.assignments:
+            entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
+            approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
+            radius = accuracy + max(entry.margin_m, approach.margin_m) + zones.max_band_m
+            x, y = placed.xy
+            # Bounding-box candidates: a zone left out is clear of the circle, margin and
+            # band; one let in is measured exactly below.
+            candidates, box_reach = zones.index.candidates_with_reach(
+                x - radius, y - radius, x + radius, y + radius, PRESENCE_SKIP_SEARCH_M
+            )
+            reach = min(reach, box_reach)
+            measured: set[str] = set()
+            for zone in candidates:
+                assignment = zones.assignments[zone.zone_id]
+                (inside, near), slack = _exclusion_presences_slack(
+                    zone, placed, entry, approach, assignment.approach_m
+                )
+                changed |= _feed(memberships, zone.zone_id, inside, ts, entry)
+                measured.add(zone.zone_id)
+                settled = _settled(memberships[zone.zone_id], inside)
+                if near is not None:
+                    key = approach_key(zone.zone_id)
+                    changed |= _feed(memberships, key, near, ts, approach)
+                    measured.add(key)
+                    settled = settled and _settled(memberships[key], near)
+                reach = min(reach, slack if settled else -1.0)
+            # Zones the index did not return are clear of the whole circle, band and
+            # margin. Once confirmed clear, with nothing pending or raised, their track is
+            # forgotten: it holds nothing a fresh one would not, and a subject with
+            # thousands of zones (all the schools of a district) keeps only the few it is
+            # near.
+            for key in list(memberships):
+                if key in zones.keys and key not in measured:
+                    params = approach if key.endswith(APPROACH_SUFFIX) else entry
+                    changed |= _feed(memberships, key, Presence.OUTSIDE, ts, params)
+                    membership = memberships[key]
+                    zone_id = key.removesuffix(APPROACH_SUFFIX)
+                    if (
+                        membership.confirmed is Presence.OUTSIDE
+                        and membership.pending is None
+                        and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
+                        and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
+                    ):
+                        del memberships[key]
+                    else:
+                        reach = -1.0  # kept: the next fix would be fed to it again
+        reach -= PRESENCE_SKIP_EPSILON_M
+        if reach > 0.0:
+            state.presence_anchor = PresenceAnchor(
+                config, tracks, [t.key for t in tracks], placed.xy, accuracy, reach
+            )
         return changed
 
     # ------------------------------------------------------------------ entry points
