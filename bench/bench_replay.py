@@ -13,6 +13,7 @@ microseconds per message; with `--profile` it also writes pyinstrument's text pr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class ReplayResult:
     messages: int
     transitions: int
     cpu_s: float
+    digest: str  # of every transition's repr: equal digests, identical decisions
 
     @property
     def pings_per_s(self) -> float:
@@ -68,16 +70,17 @@ def replay_cpu(
         profiler = Profiler(interval=0.0005)
         profiler.start()
     begin = time.process_time()
-    transitions = 0
+    produced = []
     for message in messages:
-        transitions += len(replayer.feed(message))
+        produced += replayer.feed(message)
     if messages:
-        transitions += len(replayer.finish(messages[-1].received_at + timedelta(minutes=1)))
+        produced += replayer.finish(messages[-1].received_at + timedelta(minutes=1))
     cpu_s = time.process_time() - begin
+    digest = hashlib.sha256("\n".join(map(repr, produced)).encode()).hexdigest()[:16]
     if profiler is not None and profile is not None:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-    return ReplayResult(len(messages), transitions, cpu_s)
+    return ReplayResult(len(messages), len(produced), cpu_s, digest)
 
 
 def main() -> int:
@@ -102,7 +105,7 @@ def main() -> int:
     print(f"replay of the pure core: {result.messages:,} messages in {result.cpu_s:.1f} CPU s "
           f"= {result.pings_per_s:,.0f} msg/s on one core "
           f"({1e6 / max(result.pings_per_s, 1e-9):.1f} us/msg), "
-          f"{result.transitions:,} alert transitions")
+          f"{result.transitions:,} alert transitions (digest {result.digest})")
     return 0
 
 
