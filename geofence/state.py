@@ -21,7 +21,7 @@ from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
 
 if TYPE_CHECKING:
-    from geofence.zonerules import PresenceAnchor
+    from geofence.zonerules import PresenceAnchors
 
 # Evaluated fixes remembered per device to place late fixes between their neighbours: two
 # hours at one fix a minute. Older late fixes are stored by the shell but not audited.
@@ -123,9 +123,9 @@ class DeviceState:
     last_fix: LocationFix | None = None
     last_xy: tuple[float, float] | None = None
     memberships: dict[str, Membership] = field(default_factory=dict)
-    # The last fix whose presences were all measured (`geofence.zonerules`): nearer fixes
-    # are not measured again.
-    presence_anchor: PresenceAnchor | None = None
+    # Where each zone track was last measured (`geofence.zonerules`): a fix too near to
+    # change its presence is not measured again.
+    presence_anchors: PresenceAnchors | None = None
     # The last segment between two evaluated fixes, waiting for the next fix to show its
     # end was real before a crossing is inferred along it.
     crossing_candidate: tuple[PlacedFix, PlacedFix] | None = None

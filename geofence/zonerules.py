@@ -85,22 +85,33 @@ class Track:
 
 
 @dataclass(frozen=True, slots=True)
-class PresenceAnchor:
-    """The last fix whose zone presences were all measured, and how far a later fix may
-    be from it (metres moved plus metres of accuracy changed) with every presence and
-    every measured zone the same. Signed distance to an edge, and the distance to a box,
-    change by at most the distance moved (1-Lipschitz), so such a fix would feed every
-    track what it was fed last time, which changes nothing (`_settled`)."""
+class Anchor:
+    """A fix at which a track (or the subject's exclusions together) was last measured,
+    and how far a later fix may be from it (metres moved plus metres of accuracy changed)
+    with the same presence, and the same exclusion zones measured. Signed distance to an
+    edge, and distance to a box, change by at most the distance moved (1-Lipschitz), so
+    such a fix would feed the track what it was fed last time, which changes nothing
+    (`_settled`)."""
 
-    config: CoreConfig
-    tracks: list[Track]
-    track_keys: list[str]
     xy: tuple[float, float]
     accuracy_m: float
     reach_m: float
 
     def within(self, xy: tuple[float, float], accuracy_m: float) -> bool:
         return math.dist(self.xy, xy) + abs(accuracy_m - self.accuracy_m) < self.reach_m
+
+
+@dataclass(slots=True)
+class PresenceAnchors:
+    """A device's anchors, valid for one config and one list of tracks. A track is
+    measured again only when a fix leaves its anchor's reach; a fix within the reach of
+    every anchor (most fixes at home or at work) measures nothing."""
+
+    config: CoreConfig
+    tracks: list[Track]
+    track_keys: list[str]
+    by_track: dict[str, Anchor]
+    exclusions: Anchor | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +185,14 @@ def _exclusion_presences(
         signed - band_m, accuracy, approach.margin_m, approach.max_accuracy_m
     )
     return inside, near
+
+
+def _set_anchor(anchors: dict[str, Anchor], key: str, placed: PlacedFix, reach: float) -> None:
+    reach = min(reach, PRESENCE_SKIP_SEARCH_M) - PRESENCE_SKIP_EPSILON_M
+    if reach > 0.0:
+        anchors[key] = Anchor(placed.xy, placed.fix.accuracy_m, reach)
+    else:
+        anchors.pop(key, None)
 
 
 def _settled(membership: Membership, presence: Presence) -> bool:
@@ -342,87 +361,102 @@ class ZoneRules:
         """Feed one in-order fix to every track; True if any confirmed or pending presence
         changed (otherwise no zone rule can change at this fix).
 
-        A fix that has not moved far enough from the last fully judged one (its *anchor*)
-        to change any presence is not measured at all (`PresenceAnchor`): feeding it would
-        change nothing, and most fixes of a day are at home or at work."""
+        A track (or the exclusions together) is not measured at a fix too close to the
+        fix it was last measured at to change its presence (`PresenceAnchors`): feeding it
+        would change nothing."""
         config, subject, state = ctx.config, ctx.subject, ctx.state
         rules = config.rules
         ts = placed.fix.ts
         accuracy = placed.fix.accuracy_m
+        xy = placed.xy
         tracks = self._tracks_at(config, subject, ts)
-        anchor = state.presence_anchor
+        anchors = state.presence_anchors
         if (
-            anchor is not None
-            and self.skip_unmoved
-            and anchor.config is config
-            and anchor.within(placed.xy, accuracy)
-            and (anchor.tracks is tracks or anchor.track_keys == [t.key for t in tracks])
+            anchors is None
+            or not self.skip_unmoved
+            or anchors.config is not config
+            or not (anchors.tracks is tracks or anchors.track_keys == [t.key for t in tracks])
         ):
-            ctx.stats["fix_presence_unmoved"] += 1
-            return False
-        state.presence_anchor = None
-        # How far (metres of movement plus change of accuracy) the next fix may differ from
-        # this one with every presence, and the zones measured, staying as they are now.
-        reach = PRESENCE_SKIP_SEARCH_M
+            anchors = PresenceAnchors(config, tracks, [t.key for t in tracks], {})
+            state.presence_anchors = anchors if self.skip_unmoved else None
         changed = False
         memberships = state.memberships
+        unmoved = True
         for track in tracks:
+            anchor = anchors.by_track.get(track.key)
+            if anchor is not None and anchor.within(xy, accuracy):
+                continue
+            unmoved = False
             params = rules.zone_params(track.rule)
             presence, slack = _inclusion_presence_slack(track.zone, placed, params)
             changed |= _feed(memberships, track.key, presence, ts, params)
-            reach = min(reach, slack if _settled(memberships[track.key], presence) else -1.0)
+            _set_anchor(anchors.by_track, track.key, placed,
+                        slack if _settled(memberships[track.key], presence) else -1.0)
         zones = self._zones_of(config, subject)
         if zones.assignments:
-            entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
-            approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
-            radius = accuracy + max(entry.margin_m, approach.margin_m) + zones.max_band_m
-            x, y = placed.xy
-            # Bounding-box candidates: a zone left out is clear of the circle, margin and
-            # band; one let in is measured exactly below.
-            candidates, box_reach = zones.index.candidates_with_reach(
-                x - radius, y - radius, x + radius, y + radius, PRESENCE_SKIP_SEARCH_M
+            anchor = anchors.exclusions
+            if anchor is None or not anchor.within(xy, accuracy):
+                unmoved = False
+                changed |= self._update_exclusions(ctx, placed, zones, anchors)
+        if unmoved:
+            ctx.stats["fix_presence_unmoved"] += 1
+        return changed
+
+    @staticmethod
+    def _update_exclusions(
+        ctx: EvalContext, placed: PlacedFix, zones: _SubjectZones, anchors: PresenceAnchors
+    ) -> bool:
+        rules, memberships = ctx.config.rules, ctx.state.memberships
+        ts = placed.fix.ts
+        entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
+        approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
+        radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
+        x, y = placed.xy
+        # Bounding-box candidates: a zone left out is clear of the circle, margin and band;
+        # one let in is measured exactly below. `reach`: how far the next fix may be from
+        # this one with the same candidates and every presence as now.
+        candidates, reach = zones.index.candidates_with_reach(
+            x - radius, y - radius, x + radius, y + radius, PRESENCE_SKIP_SEARCH_M
+        )
+        changed = False
+        measured: set[str] = set()
+        for zone in candidates:
+            assignment = zones.assignments[zone.zone_id]
+            (inside, near), slack = _exclusion_presences_slack(
+                zone, placed, entry, approach, assignment.approach_m
             )
-            reach = min(reach, box_reach)
-            measured: set[str] = set()
-            for zone in candidates:
-                assignment = zones.assignments[zone.zone_id]
-                (inside, near), slack = _exclusion_presences_slack(
-                    zone, placed, entry, approach, assignment.approach_m
-                )
-                changed |= _feed(memberships, zone.zone_id, inside, ts, entry)
-                measured.add(zone.zone_id)
-                settled = _settled(memberships[zone.zone_id], inside)
-                if near is not None:
-                    key = approach_key(zone.zone_id)
-                    changed |= _feed(memberships, key, near, ts, approach)
-                    measured.add(key)
-                    settled = settled and _settled(memberships[key], near)
-                reach = min(reach, slack if settled else -1.0)
-            # Zones the index did not return are clear of the whole circle, band and
-            # margin. Once confirmed clear, with nothing pending or raised, their track is
-            # forgotten: it holds nothing a fresh one would not, and a subject with
-            # thousands of zones (all the schools of a district) keeps only the few it is
-            # near.
-            for key in list(memberships):
-                if key in zones.keys and key not in measured:
-                    params = approach if key.endswith(APPROACH_SUFFIX) else entry
-                    changed |= _feed(memberships, key, Presence.OUTSIDE, ts, params)
-                    membership = memberships[key]
-                    zone_id = key.removesuffix(APPROACH_SUFFIX)
-                    if (
-                        membership.confirmed is Presence.OUTSIDE
-                        and membership.pending is None
-                        and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
-                        and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
-                    ):
-                        del memberships[key]
-                    else:
-                        reach = -1.0  # kept: the next fix would be fed to it again
+            changed |= _feed(memberships, zone.zone_id, inside, ts, entry)
+            measured.add(zone.zone_id)
+            settled = _settled(memberships[zone.zone_id], inside)
+            if near is not None:
+                key = approach_key(zone.zone_id)
+                changed |= _feed(memberships, key, near, ts, approach)
+                measured.add(key)
+                settled = settled and _settled(memberships[key], near)
+            reach = min(reach, slack if settled else -1.0)
+        # Zones the index did not return are clear of the whole circle, band and margin.
+        # Once confirmed clear, with nothing pending or raised, their track is forgotten: it
+        # holds nothing a fresh one would not, and a subject with thousands of zones (all
+        # the schools of a district) keeps only the few it is near.
+        for key in list(memberships):
+            if key in zones.keys and key not in measured:
+                params = approach if key.endswith(APPROACH_SUFFIX) else entry
+                changed |= _feed(memberships, key, Presence.OUTSIDE, ts, params)
+                membership = memberships[key]
+                zone_id = key.removesuffix(APPROACH_SUFFIX)
+                if (
+                    membership.confirmed is Presence.OUTSIDE
+                    and membership.pending is None
+                    and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
+                    and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
+                ):
+                    del memberships[key]
+                else:
+                    reach = -1.0  # kept: the next fix would be fed to it again
         reach -= PRESENCE_SKIP_EPSILON_M
-        if reach > 0.0:
-            state.presence_anchor = PresenceAnchor(
-                config, tracks, [t.key for t in tracks], placed.xy, accuracy, reach
-            )
+        anchors.exclusions = (
+            Anchor(placed.xy, placed.fix.accuracy_m, reach) if reach > 0.0 else None
+        )
         return changed
 
     # ------------------------------------------------------------------ entry points
