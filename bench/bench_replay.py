@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.configfiles import load_config
 from daemon.replay import Replayer, ReplayMessage, parse_line
+from geofence.engine import Engine
 from simulators.cli_fleet import write_fleet_config
 from simulators.fleet import build_fleet, fleet_messages
 from simulators.scripted_day import write_jsonl
@@ -57,12 +58,19 @@ def fleet_replay_input(subjects: int, seed: int, work_dir: Path) -> tuple[Path, 
 
 
 def replay_cpu(
-    config_dir: Path, lines: list[str], limit: int | None = None, profile: Path | None = None
+    config_dir: Path,
+    lines: list[str],
+    limit: int | None = None,
+    profile: Path | None = None,
+    presence_skip: bool = True,
 ) -> ReplayResult:
-    """Replay `lines` (parsed beforehand, not timed) through a fresh pipeline."""
+    """Replay `lines` (parsed beforehand, not timed) through a fresh pipeline.
+    `presence_skip=False`: every fix measured against every zone (A/B of the skip)."""
     config = load_config(config_dir).core
     messages: list[ReplayMessage] = [parse_line(line) for line in lines[:limit]]
     replayer = Replayer(config, TICK_INTERVAL_SECONDS)
+    if not presence_skip:
+        replayer.pipeline.engine = Engine(config, presence_skip=False)
     profiler = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -89,6 +97,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N lines")
     parser.add_argument("--profile", type=Path, default=None, help="pyinstrument text here")
+    parser.add_argument("--no-presence-skip", action="store_true",
+                        help="measure every fix against every zone (A/B of the skip)")
     parser.add_argument("--input", type=Path, nargs=2, metavar=("CONFIG_DIR", "JSONL"),
                         help="an existing fleet (emon sim fleet --write-config --out)")
     args = parser.parse_args()
@@ -101,7 +111,8 @@ def main() -> int:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
         print(f"fleet: {args.subjects} subjects, {len(lines):,} messages for one day "
               f"(built in {time.perf_counter() - begin:.0f} s)")
-        result = replay_cpu(config_dir, lines, args.limit, args.profile)
+        result = replay_cpu(config_dir, lines, args.limit, args.profile,
+                            presence_skip=not args.no_presence_skip)
     print(f"replay of the pure core: {result.messages:,} messages in {result.cpu_s:.1f} CPU s "
           f"= {result.pings_per_s:,.0f} msg/s on one core "
           f"({1e6 / max(result.pings_per_s, 1e-9):.1f} us/msg), "
