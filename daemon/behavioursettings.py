@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from daemon.strictmodel import StrictModel
 from geofence.behaviour_config import (
     DEFAULT_CELL_M,
     DEFAULT_FAR_M,
@@ -48,14 +49,12 @@ MAX_LINKED_SUBJECTS = 20
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------- settings.yaml
 
 
-class HabitSettings(_Strict):
+class HabitSettings(StrictModel):
     enabled: bool = Field(False, title="Learn frequent places and warn on days far from them")
     history_weeks: int = Field(
         DEFAULT_HISTORY_DAYS // DAYS_PER_WEEK, ge=1, le=12,
@@ -97,7 +96,7 @@ class HabitSettings(_Strict):
         return self
 
 
-class GatheringSettings(_Strict):
+class GatheringSettings(StrictModel):
     radius_m: float = Field(
         DEFAULT_GATHERING_RADIUS_M, ge=5, le=1000, title="Together within this many metres"
     )
@@ -127,7 +126,7 @@ class GatheringSettings(_Strict):
         return self
 
 
-class VictimSettings(_Strict):
+class VictimSettings(StrictModel):
     stale_minutes: float = Field(
         DEFAULT_VICTIM_STALE_SECONDS / SECONDS_PER_MINUTE, ge=1, le=120,
         title="A protected person's position is used for this many minutes",
@@ -141,7 +140,7 @@ class VictimSettings(_Strict):
     )
 
 
-class BehaviourSettings(_Strict):
+class BehaviourSettings(StrictModel):
     habits: HabitSettings = Field(HabitSettings(), title="Frequent places, trajectory anomaly")
     gathering: GatheringSettings = Field(GatheringSettings(), title="Gatherings (同案犯聚集)")
     victims: VictimSettings = Field(VictimSettings(), title="Protected persons' mobile zones")
@@ -150,14 +149,14 @@ class BehaviourSettings(_Strict):
 # ---------------------------------------------------------------------- subjects.yaml
 
 
-class CoOffenderGroupModel(_Strict):
+class CoOffenderGroupModel(StrictModel):
     id: Identifier = Field(title="Group id (e.g. the case number, no names)")
     subjects: list[Identifier] = Field(
         min_length=2, max_length=MAX_GROUP_SUBJECTS, title="Subject ids of the co-offenders"
     )
 
 
-class ProtectedLinkModel(_Strict):
+class ProtectedLinkModel(StrictModel):
     subject: Identifier = Field(title="Subject id who must keep away")
     radius_m: float = Field(ge=10, le=20_000, title="Distance the subject must keep, metres")
     warning_m: float = Field(
@@ -165,7 +164,7 @@ class ProtectedLinkModel(_Strict):
     )
 
 
-class ProtectedPersonModel(_Strict):
+class ProtectedPersonModel(StrictModel):
     id: Identifier = Field(title="Protected person id (topic emon/v1/protected/<id>/location)")
     subjects: list[ProtectedLinkModel] = Field(
         min_length=1, max_length=MAX_LINKED_SUBJECTS, title="Subjects kept away from them"

@@ -19,8 +19,9 @@ from datetime import date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from daemon.strictmodel import StrictModel
 from geofence.compliancespec import (
     DEFAULT_AUTHORISATION_WARN_DAYS,
     DEFAULT_CHECKIN_GRACE_SECONDS,
@@ -48,15 +49,12 @@ WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun"
 
 
 
-class Strict(BaseModel):
-    # As daemon.rulesettings.Strict (which imports this module, so it cannot be shared).
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------- settings.yaml rules
 
 
-class SeparationSettings(Strict):
+class SeparationSettings(StrictModel):
     enabled: bool = Field(True, title="Judge person-device separation (subjects with a tag "
                                       "and a phone)")
     distance_m: float = Field(
@@ -81,7 +79,7 @@ class SeparationSettings(Strict):
     )
 
 
-class CheckinSettings(Strict):
+class CheckinSettings(StrictModel):
     grace_minutes: float = Field(
         DEFAULT_CHECKIN_GRACE_SECONDS / SECONDS_PER_MINUTE, ge=0, le=720,
         title="Minutes after the due time before a check-in counts as missed",
@@ -91,7 +89,7 @@ class CheckinSettings(Strict):
     )
 
 
-class AuthorisationSettings(Strict):
+class AuthorisationSettings(StrictModel):
     warn_days: int = Field(
         DEFAULT_AUTHORISATION_WARN_DAYS, ge=1, le=60,
         title="Days before an authorised period ends that the officer is warned",
@@ -140,7 +138,7 @@ def _parse_local(value: str) -> time:
     return parsed
 
 
-class CheckinModel(Strict):
+class CheckinModel(StrictModel):
     opens: str = Field("00:00", pattern=r"^\d{1,2}:\d{2}$",
                        title='Local time "HH:MM" from which a check-in counts')
     due: str = Field(pattern=r"^\d{1,2}:\d{2}$", title='Local time "HH:MM" it is due by')
@@ -162,7 +160,7 @@ class CheckinModel(Strict):
         return self
 
 
-class AuthorisationPeriodModel(Strict):
+class AuthorisationPeriodModel(StrictModel):
     start: date = Field(title="First day of the period (local date)")
     end: date = Field(title="Last day of the period (local date, inclusive)")
     basis: str = Field(
@@ -186,7 +184,7 @@ class AuthorisationPeriodModel(Strict):
         return self
 
 
-class AuthorisationModel(Strict):
+class AuthorisationModel(StrictModel):
     periods: list[AuthorisationPeriodModel] = Field(
         min_length=1, max_length=200,
         title="Authorised periods, the first one and each renewal, in order",

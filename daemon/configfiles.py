@@ -74,8 +74,8 @@ from daemon.rulesettings import (
     kind_thresholds,
 )
 from daemon.rulesettings import Identifier as Identifier
-from daemon.rulesettings import Strict as _Strict
 from daemon.store.settings import RetentionSettings, StoreSettings
+from daemon.strictmodel import StrictModel
 from geofence.config import (
     CoreConfig,
     DeviceSpec,
@@ -105,7 +105,7 @@ ENV_HTTP_PORT = "EMON_HTTP_PORT"
 # ---------------------------------------------------------------------- settings.yaml
 
 
-class MqttSettings(_Strict):
+class MqttSettings(StrictModel):
     host: str = Field("127.0.0.1", title="Broker host")
     port: int = Field(1883, ge=1, le=65535, title="Broker port")
     client_id: Identifier = Field("emon-daemon", title="MQTT client id (persistent session)")
@@ -142,18 +142,18 @@ def mqtt_password(mqtt: MqttSettings, env: Mapping[str, str] | None = None) -> s
     return None
 
 
-class DatabaseSettings(_Strict):
+class DatabaseSettings(StrictModel):
     dsn: str | None = Field(
         None, title="libpq connection string; prefer EMON_DATABASE_URL for secrets"
     )
 
 
-class HttpSettings(_Strict):
+class HttpSettings(StrictModel):
     host: str = Field("127.0.0.1", title="Listen address for /metrics and the API")
     port: int = Field(9480, ge=0, le=65535, title="Listen port (0: pick a free port)")
 
 
-class RegionSettings(_Strict):
+class RegionSettings(StrictModel):
     name: str = Field(title="Region name, for messages")
     bbox: tuple[float, float, float, float] = Field(
         title="lon_min, lat_min, lon_max, lat_max (WGS-84); zones outside are refused"
@@ -168,7 +168,7 @@ class RegionSettings(_Strict):
         return v
 
 
-class ReloadSettings(_Strict):
+class ReloadSettings(StrictModel):
     poll_interval_seconds: float = Field(
         5.0, ge=0.0, le=3600.0,
         title="How often the config directory is checked for changes (0: only on SIGHUP)",
@@ -179,7 +179,7 @@ class ReloadSettings(_Strict):
     )
 
 
-class Settings(_Strict):
+class Settings(StrictModel):
     mqtt: MqttSettings = MqttSettings()
     database: DatabaseSettings = DatabaseSettings()
     http: HttpSettings = HttpSettings()
@@ -214,19 +214,19 @@ class OfficerRole(StrEnum):
     COMMAND = "command"
 
 
-class OfficerModel(_Strict):
+class OfficerModel(StrictModel):
     id: Identifier
     name: str = Field(title="Display name")
     role: OfficerRole = OfficerRole.OFFICER
     supervisor: Identifier | None = Field(None, title="Officer id of the supervisor")
 
 
-class DeviceModel(_Strict):
+class DeviceModel(StrictModel):
     id: Identifier
     kind: DeviceKind
 
 
-class ExclusionRef(_Strict):
+class ExclusionRef(StrictModel):
     zone: Identifier
     schedule: Identifier | None = Field(None, title="Schedule id; absent: always in force")
     approach_m: float = Field(
@@ -234,7 +234,7 @@ class ExclusionRef(_Strict):
     )
 
 
-class InclusionRef(_Strict):
+class InclusionRef(StrictModel):
     zone: Identifier = Field(title="Inclusion zone id")
     schedule: Identifier = Field(title="Schedule id: the subject must be there while it is active")
     grace_minutes: float = Field(
@@ -242,7 +242,7 @@ class InclusionRef(_Strict):
     )
 
 
-class SubjectModel(_Strict):
+class SubjectModel(StrictModel):
     id: Identifier
     timezone: str = Field("Asia/Shanghai", title="IANA time zone for schedules")
     officer: Identifier = Field(title="Officer id in charge")
@@ -276,7 +276,7 @@ class SubjectModel(_Strict):
         return v
 
 
-class SubjectsFile(_Strict):
+class SubjectsFile(StrictModel):
     officers: list[OfficerModel] = Field(default_factory=list)
     subjects: list[SubjectModel] = Field(default_factory=list)
     # Issue 5 part B (daemon/behavioursettings.py).
@@ -301,7 +301,7 @@ _LOCAL_TIME = re.compile(_LOCAL_TIME_PATTERN)
 LocalTime = Annotated[time, WithJsonSchema({"type": "string", "pattern": _LOCAL_TIME_PATTERN})]
 
 
-class WindowModel(_Strict):
+class WindowModel(StrictModel):
     start: LocalTime = Field(title="Local start time HH:MM")
     end: LocalTime = Field(title="Local end time HH:MM; not after start = crosses midnight")
     days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
@@ -323,12 +323,12 @@ class WindowModel(_Strict):
         return v
 
 
-class ScheduleModel(_Strict):
+class ScheduleModel(StrictModel):
     windows: list[WindowModel] = Field(min_length=1)
     exception_dates: list[date] = Field(default_factory=list, title="Dates with no window")
 
 
-class SchedulesFile(_Strict):
+class SchedulesFile(StrictModel):
     schedules: dict[Identifier, ScheduleModel] = Field(default_factory=dict)
 
 
@@ -342,7 +342,7 @@ class ZoneProperties(BaseModel):
     kind: ZoneKind
 
 
-class ZoneGeometry(_Strict):
+class ZoneGeometry(StrictModel):
     type: Literal["Polygon", "MultiPolygon"]
     coordinates: list[Any]
 

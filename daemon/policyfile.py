@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from alerts.model import Tier, TransitionKind
 from alerts.policy import (
@@ -31,6 +31,7 @@ from alerts.policy import (
     Role,
 )
 from alerts.suppression import MAX_SILENCE_SECONDS
+from daemon.strictmodel import StrictModel
 
 POLICIES_FILE = "policies.yaml"
 MQTT_ENDPOINT = "mqtt"  # built in: emon/v1/officers/<officer_id>/notifications
@@ -43,11 +44,9 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Z_][A-Z0-9_]{0,127}$")]
 HttpUrl = Annotated[str, Field(pattern=r"^https?://[^\s]+$", max_length=2048)]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class StepModel(_Strict):
+class StepModel(StrictModel):
     targets: list[Identifier] = Field(
         min_length=1, max_length=16,
         title="Who is notified: officer, supervisor, command, or officer ids",
@@ -58,7 +57,7 @@ class StepModel(_Strict):
     )
 
 
-class TierPolicyModel(_Strict):
+class TierPolicyModel(StrictModel):
     steps: list[StepModel] = Field(min_length=1, max_length=10, title="Escalation ladder")
     reminder_interval_seconds: float | None = Field(
         DEFAULT_REMINDER_INTERVAL_SECONDS, ge=10, le=DAY_SECONDS,
@@ -96,13 +95,13 @@ class TierPolicyModel(_Strict):
         )
 
 
-class InhibitionModel(_Strict):
+class InhibitionModel(StrictModel):
     source: list[Identifier] = Field(min_length=1, title="Rules whose unresolved alert mutes")
     targets: list[Identifier] = Field(min_length=1, title="Rules that are muted")
     scope: InhibitScope = Field(InhibitScope.DEVICE, title="Same device, or same subject")
 
 
-class _EndpointBase(_Strict):
+class _EndpointBase(StrictModel):
     max_attempts: int = Field(6, ge=1, le=20, title="Tries before giving up")
     initial_backoff_seconds: float = Field(1.0, ge=0.01, le=600, title="First retry delay")
     max_backoff_seconds: float = Field(120.0, ge=0.01, le=3600, title="Longest retry delay")
@@ -174,7 +173,7 @@ EndpointModel = Annotated[
 ]
 
 
-class ContactModel(_Strict):
+class ContactModel(StrictModel):
     endpoint: Identifier = Field(title="Notifier endpoint id")
     address: str | None = Field(
         None, pattern=r"^[^@\s]+@[^@\s]+$", title="E-mail address (email endpoints)"
@@ -184,13 +183,13 @@ class ContactModel(_Strict):
     )
 
 
-class SilenceSettings(_Strict):
+class SilenceSettings(StrictModel):
     max_seconds: float = Field(
         7 * DAY_SECONDS, ge=60, le=MAX_SILENCE_SECONDS, title="Longest silence allowed"
     )
 
 
-class PoliciesFile(_Strict):
+class PoliciesFile(StrictModel):
     sweep_interval_seconds: float = Field(
         DEFAULT_SWEEP_INTERVAL_SECONDS, ge=0.2, le=60,
         title="How often due escalations are swept (bounds lateness of a step)",

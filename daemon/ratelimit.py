@@ -39,7 +39,9 @@ from typing import Final, Self
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Gauge
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from daemon.strictmodel import StrictModel
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -61,9 +63,7 @@ EVICTIONS = Counter(
 TRACKED = Gauge("emon_rate_limit_keys", "Rate-limit buckets held, per table", ["table"])
 
 
-class RateLimitSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class RateLimitSettings(StrictModel):
     enabled: bool = Field(True, title="Limit the API and console request rates")
     per_address_per_second: float = Field(
         20.0, gt=0.0, le=10_000.0,

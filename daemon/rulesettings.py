@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import shapely
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, Field, field_validator, model_validator
 from shapely.geometry.base import BaseGeometry
 
 from alerts.model import DEFAULT_TIERS, RuleId, Tier
@@ -24,6 +24,7 @@ from daemon.compliancesettings import (
     SeparationSettings,
     compile_compliance,
 )
+from daemon.strictmodel import StrictModel
 from geofence.config import (
     DEFAULT_BATTERY_DWELL_READINGS,
     DEFAULT_BATTERY_HYSTERESIS_PCT,
@@ -59,14 +60,12 @@ MAX_ROUTE_POINTS = 5000
 Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ---------------------------------------------------------------------- settings.yaml rules
 
 
-class ZoneRuleSettings(Strict):
+class ZoneRuleSettings(StrictModel):
     margin_m: float = Field(DEFAULT_MARGIN_M, ge=0, le=1000, title="Noise margin at edges")
     dwell_fixes: int = Field(DEFAULT_DWELL_FIXES, ge=1, le=20, title="Fixes to confirm")
     dwell_seconds: float = Field(DEFAULT_DWELL_SECONDS, ge=0, le=3600, title="Time to confirm")
@@ -75,7 +74,7 @@ class ZoneRuleSettings(Strict):
     )
 
 
-class ZoneRuleOverride(Strict):
+class ZoneRuleOverride(StrictModel):
     """The zone parameters one rule uses instead of the shared ones (only those given)."""
 
     margin_m: float | None = Field(None, ge=0, le=1000, title="Noise margin at edges")
@@ -86,7 +85,7 @@ class ZoneRuleOverride(Strict):
     )
 
 
-class CrossingSettings(Strict):
+class CrossingSettings(StrictModel):
     min_chord_m: float = Field(
         DEFAULT_CROSSING_MIN_CHORD_M, ge=1, le=5000,
         title="Metres the line between two fixes must run inside an exclusion zone",
@@ -97,7 +96,7 @@ class CrossingSettings(Strict):
     )
 
 
-class DeviceThresholdSettings(Strict):
+class DeviceThresholdSettings(StrictModel):
     """Thresholds for one device kind. A field left out keeps the kind's default; null
     switches the rule off."""
 
@@ -120,7 +119,7 @@ class DeviceThresholdSettings(Strict):
         return self
 
 
-class DeviceKindSettings(Strict):
+class DeviceKindSettings(StrictModel):
     wearable: DeviceThresholdSettings = Field(
         default_factory=DeviceThresholdSettings, title="Ankle or wrist tags"
     )
@@ -132,7 +131,7 @@ class DeviceKindSettings(Strict):
         return self.wearable if kind is DeviceKind.WEARABLE else self.phone
 
 
-class RuleSettings(Strict):
+class RuleSettings(StrictModel):
     zone: ZoneRuleSettings = Field(ZoneRuleSettings(), title="Zone parameters of every rule")
     zone_overrides: dict[RuleId, ZoneRuleOverride] = Field(
         default_factory=dict, title="Zone parameters per zone rule (e.g. exclusion_approach)"
@@ -247,7 +246,7 @@ def compile_rule_params(rules: RuleSettings) -> RuleParams:
 # ---------------------------------------------------------------------- leaves.yaml
 
 
-class RouteModel(Strict):
+class RouteModel(StrictModel):
     datum: Datum = Field(Datum.WGS84, title="Datum of the path's coordinates")
     width_m: float = Field(ge=10, le=20000, title="Corridor width in metres around the path")
     path: list[tuple[float, float]] = Field(
@@ -263,7 +262,7 @@ class RouteModel(Strict):
         return value
 
 
-class LeaveModel(Strict):
+class LeaveModel(StrictModel):
     id: Identifier = Field(title="Leave id (unique)")
     subject: Identifier = Field(title="Subject id")
     start: AwareDatetime = Field(title="Start, RFC 3339 with offset")
@@ -287,7 +286,7 @@ class LeaveModel(Strict):
         return self
 
 
-class LeavesFile(Strict):
+class LeavesFile(StrictModel):
     leaves: list[LeaveModel] = Field(default_factory=list)
 
 

@@ -27,9 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -39,6 +37,7 @@ from pydantic import (
 from alerts.model import TransitionKind
 from daemon.configfiles import ConfigError, LoadedConfig, load_config
 from daemon.replay import Replayer, ReplayMessage
+from daemon.strictmodel import StrictModel
 from geofence.config import CoreConfig
 from geofence.observation import DeviceEventType
 from geofence.zones import Zone
@@ -102,11 +101,9 @@ def parse_clock(value: str) -> time:
         raise ValueError(f"expected a local time HH:MM[:SS], got {value!r}") from None
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PlaceModel(_Strict):
+class PlaceModel(StrictModel):
     """A place: a zone (its centre), a named place, or coordinates; optionally moved."""
 
     zone: str | None = Field(None, title="Zone id: its centre, or a point relative to its edge")
@@ -144,7 +141,7 @@ def _place(value: Any) -> Any:
 PlaceSpec = Annotated[PlaceModel, BeforeValidator(_place)]
 
 
-class DeviceModel(_Strict):
+class DeviceModel(StrictModel):
     start: PlaceSpec = Field(title="Where the device is when the scenario starts")
     protocol: Protocol = Field(Protocol.EMON, title="emon (wire v1) or owntracks")
     ping_interval: Duration = Field(timedelta(seconds=60), title="Time between fixes")
@@ -166,7 +163,7 @@ class DeviceModel(_Strict):
         return v
 
 
-class SettingsChange(_Strict):
+class SettingsChange(StrictModel):
     accuracy_m: float | None = Field(None, gt=0, le=5000, title="New stated accuracy")
     source: Literal["gnss", "cell", "wifi"] | None = Field(None, title="New fix source")
     battery_pct: float | None = Field(None, ge=0, le=100, title="New battery level")
@@ -176,7 +173,7 @@ class SettingsChange(_Strict):
 ACTIONS: Final = ("go_to", "enter", "stay", "event", "check_in", "silent", "offline", "set")
 
 
-class StepModel(_Strict):
+class StepModel(StrictModel):
     id: str | None = Field(None, max_length=64, title="Label, for expectations' `after`")
     at: str | None = Field(None, title="Local time HH:MM[:SS] on the scenario's day (+ day)")
     day: int = Field(0, ge=0, le=6, title="Days after the scenario's first day, with `at`")
@@ -222,7 +219,7 @@ class StepModel(_Strict):
         return next(name for name in ACTIONS if getattr(self, name) not in (None, False))
 
 
-class AlertPattern(_Strict):
+class AlertPattern(StrictModel):
     """Which alert transitions a line matches; an absent field matches anything."""
 
     rule: str = Field(title="Rule id, e.g. boundary_exit (any string: rules still to come)")
@@ -266,7 +263,7 @@ class Expectation(AlertPattern):
     count: int = Field(1, ge=1, le=1000, title="Exactly this many matching transitions")
 
 
-class ScenarioModel(_Strict):
+class ScenarioModel(StrictModel):
     name: str = Field(title="Short name", max_length=80)
     description: str = Field("", title="What it proves")
     rule: str | None = Field(None, title="The rule this scenario provokes (for listings)")

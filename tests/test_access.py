@@ -359,10 +359,11 @@ async def test_cli_track_read_is_audited_with_caller_and_emon_audit_lists_it(
 ) -> None:
     directory = config_dir(tmp_path)
     monkeypatch.setenv("EMON_DATABASE_URL", pg_dsn)
-    await migrate(pg_dsn)
+    layout = await migrate(pg_dsn)
     at = datetime(2026, 11, 20, 14, 0, tzinfo=UTC)
-    await execute(pg_dsn, "SELECT emon_ensure_day_partitions('pings'::regclass, %s, %s)",
-                  [at.date(), at.date()])
+    if not layout.timescale:  # TimescaleDB makes its chunks itself
+        await execute(pg_dsn, "SELECT emon_ensure_day_partitions('pings'::regclass, %s, %s)",
+                      [at.date(), at.date()])
     await execute(
         pg_dsn,
         "INSERT INTO pings (device_id, subject_id, ts, received_at, lat, lon, acc_m, src)"
@@ -461,7 +462,7 @@ async def test_retention_per_data_class_and_audit_log_shortened_only_by_it(
     now = datetime.now(UTC)
     old = now - timedelta(days=800)
     recent = now - timedelta(days=5)
-    await migrate(pg_dsn)
+    layout = await migrate(pg_dsn)
     old_resolved = await _alert(pg_dsn, "resolved", old, old)
     old_open = await _alert(pg_dsn, "open", None, old)
     old_acked = await _alert(pg_dsn, "acknowledged", None, old)
@@ -515,15 +516,15 @@ async def test_retention_per_data_class_and_audit_log_shortened_only_by_it(
     )
     async with open_pool(pg_dsn, min_size=1, max_size=1) as pool:
         report = await run_maintenance(
-            pool, timescale=False, store=StoreSettings(), retention=retention, subjects={},
-            now=now,
+            pool, timescale=layout.timescale, store=StoreSettings(), retention=retention,
+            subjects={}, now=now,
         )
         assert report.failed_steps == []
         # A shorter audit retention (the floor is a year) takes the 400-day-old row too.
         shorter = retention.model_copy(update={"audit_log_days": 365})
         again = await run_maintenance(
-            pool, timescale=False, store=StoreSettings(), retention=shorter, subjects={},
-            now=now,
+            pool, timescale=layout.timescale, store=StoreSettings(), retention=shorter,
+            subjects={}, now=now,
         )
     assert report.alerts_deleted == 1
     assert report.rows_deleted == {"notification_outbox": 1, "console_sessions": 1,

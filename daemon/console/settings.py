@@ -9,16 +9,16 @@ from __future__ import annotations
 import re
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from daemon.strictmodel import StrictModel
 
 # A tile URL template as Leaflet takes it: http(s), with {z}, {x} and {y}.
 _TILE_URL_RE = re.compile(r"^https?://[^\s\"'<>]+$")
 TILE_URL_PLACEHOLDERS = ("{z}", "{x}", "{y}")
 
 
-class ConsoleSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ConsoleSettings(StrictModel):
     enabled: bool = Field(True, title="Serve the console at /console/ on the HTTP port")
     tile_url: str | None = Field(
         None,

@@ -14,7 +14,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from daemon.strictmodel import StrictModel
 
 # EMON_JOURNAL_DIR overrides store.journal.dir (tests and the demo give each daemon its own).
 ENV_JOURNAL_DIR = "EMON_JOURNAL_DIR"
@@ -26,8 +28,6 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class FsyncPolicy(StrEnum):
@@ -52,7 +52,7 @@ class AckPolicy(StrEnum):
     BUFFERED = "buffered"
 
 
-class JournalSettings(_Strict):
+class JournalSettings(StrictModel):
     dir: str = Field(
         ".run/journal",
         min_length=1,
@@ -81,7 +81,7 @@ class JournalSettings(_Strict):
         return self
 
 
-class StoreSettings(_Strict):
+class StoreSettings(StrictModel):
     buffer_rows: int = Field(
         50_000,
         ge=1_000,
@@ -112,7 +112,7 @@ class StoreSettings(_Strict):
         return Path(env.get(ENV_JOURNAL_DIR) or self.journal.dir)
 
 
-class RetentionSettings(_Strict):
+class RetentionSettings(StrictModel):
     """How long each kind of data is kept (Community Corrections Law: purpose-bound data,
     bounded retention). Old day partitions (or TimescaleDB chunks) are dropped whole."""
 
