@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -84,34 +85,52 @@ class Track:
     rule: RuleId  # whose dwell parameters apply
 
 
-@dataclass(frozen=True, slots=True)
-class Anchor:
-    """A fix at which a track (or the subject's exclusions together) was last measured,
-    and how far a later fix may be from it (metres moved plus metres of accuracy changed)
-    with the same presence, and the same exclusion zones measured. Signed distance to an
-    edge, and distance to a box, change by at most the distance moved (1-Lipschitz), so
-    such a fix would feed the track what it was fed last time, which changes nothing
-    (`_settled`)."""
-
-    xy: tuple[float, float]
-    accuracy_m: float
-    reach_m: float
-
-    def within(self, xy: tuple[float, float], accuracy_m: float) -> bool:
-        return math.dist(self.xy, xy) + abs(accuracy_m - self.accuracy_m) < self.reach_m
-
-
 @dataclass(slots=True)
 class PresenceAnchors:
-    """A device's anchors, valid for one config and one list of tracks. A track is
-    measured again only when a fix leaves its anchor's reach; a fix within the reach of
-    every anchor (most fixes at home or at work) measures nothing."""
+    """Where each zone track of a device (and the subject's exclusions together) was last
+    measured, and how far a later fix may be from there (metres moved plus metres of
+    accuracy changed) with the same presence and the same exclusion zones measured.
+    Signed distance to an edge, and distance to a box, change by at most the distance
+    moved (1-Lipschitz), so such a fix would feed the track what it was fed last time,
+    which changes nothing (`_settled`); it is not measured.
+
+    Valid for one config and one list of tracks. `slots` holds, per track in order and
+    then for the exclusions, x, y, accuracy and reach (a reach <= 0: no anchor): one
+    array of floats, since every device keeps one (~200 bytes, not ~700 as objects)."""
 
     config: CoreConfig
     tracks: list[Track]
-    track_keys: list[str]
-    by_track: dict[str, Anchor]
-    exclusions: Anchor | None = None
+    track_keys: tuple[str, ...] | None  # kept only when the list is rebuilt per fix (leave)
+    slots: array[float]
+
+    @classmethod
+    def fresh(cls, config: CoreConfig, tracks: list[Track], rebuilt: bool) -> PresenceAnchors:
+        keys = tuple(t.key for t in tracks) if rebuilt else None
+        return cls(config, tracks, keys, array("d", [0.0, 0.0, 0.0, -1.0]) * (len(tracks) + 1))
+
+    def fits(self, config: CoreConfig, tracks: list[Track]) -> bool:
+        if self.config is not config:
+            return False
+        if self.tracks is tracks:
+            return True
+        return self.track_keys is not None and self.track_keys == tuple(t.key for t in tracks)
+
+    def within(self, index: int, xy: tuple[float, float], accuracy_m: float) -> bool:
+        base = 4 * index
+        slots = self.slots
+        reach = slots[base + 3]
+        return reach > 0.0 and (
+            math.hypot(xy[0] - slots[base], xy[1] - slots[base + 1])
+            + abs(accuracy_m - slots[base + 2])
+            < reach
+        )
+
+    def set(self, index: int, placed: PlacedFix, reach: float) -> None:
+        """Anchor slot `index` at this fix (reach already less the epsilon)."""
+        base = 4 * index
+        slots = self.slots
+        slots[base], slots[base + 1] = placed.xy
+        slots[base + 2], slots[base + 3] = placed.fix.accuracy_m, reach
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,14 +204,6 @@ def _exclusion_presences(
         signed - band_m, accuracy, approach.margin_m, approach.max_accuracy_m
     )
     return inside, near
-
-
-def _set_anchor(anchors: dict[str, Anchor], key: str, placed: PlacedFix, reach: float) -> None:
-    reach = min(reach, PRESENCE_SKIP_SEARCH_M) - PRESENCE_SKIP_EPSILON_M
-    if reach > 0.0:
-        anchors[key] = Anchor(placed.xy, placed.fix.accuracy_m, reach)
-    else:
-        anchors.pop(key, None)
 
 
 def _settled(membership: Membership, presence: Presence) -> bool:
@@ -371,40 +382,38 @@ class ZoneRules:
         xy = placed.xy
         tracks = self._tracks_at(config, subject, ts)
         anchors = state.presence_anchors
-        if (
-            anchors is None
-            or not self.skip_unmoved
-            or anchors.config is not config
-            or not (anchors.tracks is tracks or anchors.track_keys == [t.key for t in tracks])
-        ):
-            anchors = PresenceAnchors(config, tracks, [t.key for t in tracks], {})
+        if anchors is None or not self.skip_unmoved or not anchors.fits(config, tracks):
+            anchors = PresenceAnchors.fresh(config, tracks, rebuilt=bool(subject.leaves))
             state.presence_anchors = anchors if self.skip_unmoved else None
         changed = False
         memberships = state.memberships
         unmoved = True
-        for track in tracks:
-            anchor = anchors.by_track.get(track.key)
-            if anchor is not None and anchor.within(xy, accuracy):
+        for index, track in enumerate(tracks):
+            if anchors.within(index, xy, accuracy):
                 continue
             unmoved = False
             params = rules.zone_params(track.rule)
             presence, slack = _inclusion_presence_slack(track.zone, placed, params)
             changed |= _feed(memberships, track.key, presence, ts, params)
-            _set_anchor(anchors.by_track, track.key, placed,
-                        slack if _settled(memberships[track.key], presence) else -1.0)
+            if not _settled(memberships[track.key], presence):
+                slack = -1.0
+            anchors.set(index, placed,
+                        min(slack, PRESENCE_SKIP_SEARCH_M) - PRESENCE_SKIP_EPSILON_M)
         zones = self._zones_of(config, subject)
-        if zones.assignments:
-            anchor = anchors.exclusions
-            if anchor is None or not anchor.within(xy, accuracy):
-                unmoved = False
-                changed |= self._update_exclusions(ctx, placed, zones, anchors)
+        if zones.assignments and not anchors.within(len(tracks), xy, accuracy):
+            unmoved = False
+            changed |= self._update_exclusions(ctx, placed, zones, anchors, len(tracks))
         if unmoved:
             ctx.stats["fix_presence_unmoved"] += 1
         return changed
 
     @staticmethod
     def _update_exclusions(
-        ctx: EvalContext, placed: PlacedFix, zones: _SubjectZones, anchors: PresenceAnchors
+        ctx: EvalContext,
+        placed: PlacedFix,
+        zones: _SubjectZones,
+        anchors: PresenceAnchors,
+        slot: int,
     ) -> bool:
         rules, memberships = ctx.config.rules, ctx.state.memberships
         ts = placed.fix.ts
@@ -453,10 +462,7 @@ class ZoneRules:
                     del memberships[key]
                 else:
                     reach = -1.0  # kept: the next fix would be fed to it again
-        reach -= PRESENCE_SKIP_EPSILON_M
-        anchors.exclusions = (
-            Anchor(placed.xy, placed.fix.accuracy_m, reach) if reach > 0.0 else None
-        )
+        anchors.set(slot, placed, reach - PRESENCE_SKIP_EPSILON_M)
         return changed
 
     # ------------------------------------------------------------------ entry points
