@@ -46,10 +46,9 @@ import sys
 import tempfile
 import threading
 import time
-import tracemalloc
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -654,34 +653,11 @@ def run_drain(work: Path, broker: MosquittoProcess, watch: DroppedWatch, dsn: st
 
 def engine_memory_per_device(devices: int, fixes_per_device: int) -> float:
     """tracemalloc bytes of the engine's state per device after `fixes_per_device` fixes
-    each (a device keeps up to HISTORY_FIXES evaluated fixes for the late-fix audit)."""
-    from daemon.configfiles import load_config
-    from geofence.engine import Engine
-    from geofence.observation import FixSource, LocationFix
+    each (a device keeps up to HISTORY_FIXES evaluated fixes for the late-fix audit);
+    the measurement is bench_memory's, so the two scripts print the same figure."""
+    import bench_memory
 
-    with tempfile.TemporaryDirectory(prefix="emon-bench-mem-") as tmp:
-        write_config(Path(tmp), devices, 100, 1)
-        config = load_config(Path(tmp)).core
-    rng = random.Random(2)
-    start = datetime(2026, 11, 20, 2, 0, tzinfo=UTC)
-    positions = [[rng.uniform(*AREA_LON), rng.uniform(*AREA_LAT)] for _ in range(devices)]
-    # One id string per device, as the wire decoder hands the engine (interned ids).
-    ids = [device_id(index) for index in range(1, devices + 1)]
-    engine = Engine(config)
-    tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    for k in range(fixes_per_device):
-        ts = start + timedelta(seconds=60 * k)
-        for index, position in enumerate(positions):
-            position[0] += rng.uniform(-2e-5, 2e-5)
-            position[1] += rng.uniform(-2e-5, 2e-5)
-            fix = LocationFix(ids[index], ts, position[1], position[0], 8.0,
-                              FixSource.GNSS, ts, battery_pct=80.0)
-            engine.observe(fix, ts)
-    after = tracemalloc.take_snapshot()
-    tracemalloc.stop()
-    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    return grown / devices
+    return bench_memory.measure(devices, fixes_per_device, by_line=0, echo=False)
 
 
 # ---------------------------------------------------------------------- main

@@ -16,7 +16,6 @@ while away is exactly what leave conditions ask.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -24,6 +23,7 @@ from alerts.model import Finding, RuleId
 from geofence.compliancespec import RECENT_CHECKINS, CheckinParams, CheckinRequirement
 from geofence.conditions import SubjectConditions
 from geofence.config import CoreConfig, SubjectSpec
+from geofence.history import RecentItems
 from geofence.observation import DeviceEvent, DeviceEventType, DeviceKind
 
 VERIFICATION_ATTRIBUTE = "verification"  # wire contract: "verification": "passed" | "failed"
@@ -45,8 +45,8 @@ class Deadline:
 @dataclass(slots=True)
 class CheckinState:
     # Verified check-ins: (event time, arrival), newest last.
-    verified: deque[tuple[datetime, datetime]] = field(
-        default_factory=lambda: deque(maxlen=RECENT_CHECKINS)
+    verified: RecentItems[tuple[datetime, datetime]] = field(
+        default_factory=lambda: RecentItems(RECENT_CHECKINS)
     )
     newest_verified_ts: datetime | None = None
 

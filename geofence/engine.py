@@ -22,7 +22,6 @@ clock minus that lag, so a curfew is never judged on data from before it began.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections import Counter
@@ -34,6 +33,7 @@ from geofence.compliance import ComplianceRules
 from geofence.config import CoreConfig
 from geofence.devicerules import DeviceRules
 from geofence.habits import LearnedPlaces
+from geofence.history import KeptFix
 from geofence.observation import DeviceEvent, LocationFix, Observation
 from geofence.state import DeviceState, EvalContext, Membership, PlacedFix, RuleStates
 from geofence.victims import ProtectedPosition
@@ -173,7 +173,7 @@ class Engine:
         if last is not None and self._implausible(ctx, placed, last):
             return []
         findings = self._settle_late(ctx, now)
-        previous = state.history[-1] if state.history else None
+        previous = state.history.newest
         if previous is not None and not self._plausible(previous.fix, previous.xy, placed):
             previous = None  # followed again after a jump: no straight path from the outlier
         state.last_fix, state.last_xy = fix, placed.xy
@@ -192,19 +192,19 @@ class Engine:
         if not state.late_open:
             return []
         findings: list[Finding] = []
-        keys = [p.fix.ts for p in state.history]
+        history = state.history
         for gap_start_ts in sorted(state.late_open):
-            index = bisect.bisect_left(keys, gap_start_ts)
-            if index >= len(keys) or keys[index] != gap_start_ts:
+            index = history.index_of(gap_start_ts)
+            if index is None:
                 continue  # fell out of the history
-            gap_end = state.history[index + 1] if index + 1 < len(keys) else None
+            gap_end_ts = history.ts(index + 1) if index + 1 < len(history) else None
             findings += self._zone_rules.on_late_fix(
-                ctx, state.history[index], gap_end, now, final=True
+                ctx, history.ts(index), gap_end_ts, now, final=True
             )
         state.late_open.clear()
         return findings
 
-    def _plausible(self, a: LocationFix, a_xy: tuple[float, float], b: PlacedFix) -> bool:
+    def _plausible(self, a: LocationFix | KeptFix, a_xy: tuple[float, float], b: PlacedFix) -> bool:
         elapsed_s = abs((b.fix.ts - a.ts).total_seconds())
         distance_m = math.dist(a_xy, b.xy)
         slack_m = a.accuracy_m + b.fix.accuracy_m
@@ -240,26 +240,26 @@ class Engine:
         last = state.last_fix
         assert last is not None
         history = state.history
-        keys = [p.fix.ts for p in history]
-        index = bisect.bisect_left(keys, fix.ts)
+        index = history.bisect_left(fix.ts)
         self.stats["fix_late"] += 1
         horizon = timedelta(seconds=self._config.rules.late_horizon_seconds)
         if index == 0 or last.ts - fix.ts > horizon or index >= len(history):
             self.stats["fix_late_not_audited"] += 1
             return []
-        gap_start, gap_end = history[index - 1], history[index]
-        late = state.late.setdefault(gap_start.fix.ts, [])
+        gap_start, gap_end = history.kept(index - 1), history.kept(index)
+        late = state.late.setdefault(gap_start.ts, [])
         placed = PlacedFix(fix, self._config.projection.forward(fix.lon, fix.lat))
-        neighbours = [gap_start, gap_end, *late]
-        if not any(self._plausible(p.fix, p.xy, placed) for p in neighbours):
+        if not any(self._plausible(p, p.xy, placed) for p in (gap_start, gap_end)) and not any(
+            self._plausible(p.fix, p.xy, placed) for p in late
+        ):
             self.stats["fix_late_implausible"] += 1
             return []
         insert_late(late, placed)
         oldest_kept = last.ts - horizon
         for key in [k for k in state.late if k < oldest_kept]:
             del state.late[key]
-        state.audited = {a for a in state.audited if a[1] >= oldest_kept}
-        return self._zone_rules.on_late_fix(ctx, gap_start, gap_end, now)
+        state.audited.retain(lambda audited: audited[1] >= oldest_kept)
+        return self._zone_rules.on_late_fix(ctx, gap_start.ts, gap_end.ts, now)
 
     # ------------------------------------------------------------------ clock
 

@@ -6,7 +6,8 @@ can look at exactly what the engine believes (confirmed presence, pending dwell,
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
+from collections.abc import MutableSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from shapely.geometry.base import BaseGeometry
 
 from alerts.model import Finding, FindingKind, RuleId
 from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleParams
+from geofence.history import FixHistory, LazySet, RecentItems, RecentTimes
 from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
 
@@ -144,18 +146,18 @@ class DeviceState:
     gnss_ref_arrival: datetime | None = None
     talked_since_gnss: bool = False
     gnss_checked: bool = False  # the tick judged the current GNSS deadline already
-    # Late fixes: the recent evaluated fixes, and late ones grouped by the gap they fell in
-    # (keyed by the ts of the evaluated fix before them).
-    history: deque[PlacedFix] = field(default_factory=lambda: deque(maxlen=HISTORY_FIXES))
+    # Late fixes: the recent evaluated fixes (compact, geofence.history), and late ones
+    # grouped by the gap they fell in (keyed by the ts of the evaluated fix before them).
+    history: FixHistory = field(default_factory=lambda: FixHistory(HISTORY_FIXES))
     late: dict[datetime, list[PlacedFix]] = field(default_factory=dict)
-    audited: set[tuple[str, datetime]] = field(default_factory=set)
-    late_open: set[datetime] = field(default_factory=set)  # gaps with a violation not yet ended
+    audited: LazySet[tuple[str, datetime]] = field(default_factory=LazySet)
+    late_open: MutableSet[datetime] = field(default_factory=LazySet)  # gaps not yet judged
     # Event times of the recent fixes of any kind (judged, rejected, late): a redelivery.
-    recent_fix_ts: deque[datetime] = field(default_factory=lambda: deque(maxlen=RECENT_FIXES))
+    recent_fix_ts: RecentTimes = field(default_factory=lambda: RecentTimes(RECENT_FIXES))
     newest_fix_ts: datetime | None = None
     # Device events (the recent ones, to know a redelivery).
-    recent_events: deque[tuple[datetime, DeviceEventType]] = field(
-        default_factory=lambda: deque(maxlen=RECENT_EVENTS)
+    recent_events: RecentItems[tuple[datetime, DeviceEventType]] = field(
+        default_factory=lambda: RecentItems(RECENT_EVENTS)
     )
     strap: Latch = field(default_factory=Latch)
     case: Latch = field(default_factory=Latch)
@@ -172,8 +174,8 @@ class RuleInstance:
 
     active: bool = False
     since: datetime | None = None
-    intervals: deque[list[datetime | None]] = field(
-        default_factory=lambda: deque(maxlen=RECENT_INTERVALS)
+    intervals: RecentItems[list[datetime | None]] = field(
+        default_factory=lambda: RecentItems(RECENT_INTERVALS)
     )
 
     def overlaps(self, start: datetime, end: datetime | None) -> bool:

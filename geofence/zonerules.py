@@ -761,8 +761,8 @@ class ZoneRules:
     def on_late_fix(
         self,
         ctx: EvalContext,
-        gap_start: PlacedFix,
-        gap_end: PlacedFix | None,
+        gap_start_ts: datetime,
+        gap_end_ts: datetime | None,
         now: datetime,
         final: bool = False,
     ) -> list[Finding]:
@@ -776,10 +776,10 @@ class ZoneRules:
         quiet for a while (the engine's tick). Judged earlier, a newest-first backlog would
         date the violation at its last minutes."""
         if not final:
-            ctx.state.late_open.add(gap_start.fix.ts)
+            ctx.state.late_open.add(gap_start_ts)
             return []
         state = ctx.state
-        late = state.late.get(gap_start.fix.ts, [])
+        late = state.late.get(gap_start_ts, [])
         if not late:
             return []
         config, subject = ctx.config, ctx.subject
@@ -802,7 +802,7 @@ class ZoneRules:
                     track = Track(zone.zone_id, zone, RuleId.EXCLUSION_ENTRY)
                     candidates.append((track, Presence.INSIDE, exclusion))
         for track, violating, window_fn in candidates:
-            if (track.key, gap_start.fix.ts) in state.audited:
+            if (track.key, gap_start_ts) in state.audited:
                 continue
             params = rules.zone_params(track.rule)
             found = _violating_run(late, track, violating, params)
@@ -812,14 +812,14 @@ class ZoneRules:
             in_force = window_fn(start)
             if in_force is None:
                 continue
-            end = end_ts or (gap_end.fix.ts if gap_end is not None else run[-1].fix.ts)
+            end = end_ts or (gap_end_ts if gap_end_ts is not None else run[-1].fix.ts)
             end = min(end, in_force[1])
             zone_id = track.key
             instance = ctx.rules.get(ctx.device_id, track.rule, zone_id)
             if instance is not None and (instance.active or instance.overlaps(start, end)):
                 ctx.stats["late_violation_already_reported"] += 1
                 continue
-            state.audited.add((track.key, gap_start.fix.ts))
+            state.audited.add((track.key, gap_start_ts))
             ctx.stats["late_violation_found"] += 1
             evidence: dict[str, Any] = {
                 "late_fixes": [p.fix.to_wire() for p in run[:LATE_EVIDENCE_FIXES]],
