@@ -13,6 +13,7 @@ microseconds per message; with `--profile` it also writes pyinstrument's text pr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import tempfile
@@ -25,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from daemon.configfiles import load_config
 from daemon.replay import Replayer, ReplayMessage, parse_line
+from geofence.engine import Engine
 from simulators.cli_fleet import write_fleet_config
 from simulators.fleet import build_fleet, fleet_messages
 from simulators.scripted_day import write_jsonl
@@ -38,6 +40,7 @@ class ReplayResult:
     messages: int
     transitions: int
     cpu_s: float
+    digest: str  # of every transition's repr: equal digests, identical decisions
 
     @property
     def pings_per_s(self) -> float:
@@ -55,12 +58,19 @@ def fleet_replay_input(subjects: int, seed: int, work_dir: Path) -> tuple[Path, 
 
 
 def replay_cpu(
-    config_dir: Path, lines: list[str], limit: int | None = None, profile: Path | None = None
+    config_dir: Path,
+    lines: list[str],
+    limit: int | None = None,
+    profile: Path | None = None,
+    presence_skip: bool = True,
 ) -> ReplayResult:
-    """Replay `lines` (parsed beforehand, not timed) through a fresh pipeline."""
+    """Replay `lines` (parsed beforehand, not timed) through a fresh pipeline.
+    `presence_skip=False`: every fix measured against every zone (A/B of the skip)."""
     config = load_config(config_dir).core
     messages: list[ReplayMessage] = [parse_line(line) for line in lines[:limit]]
     replayer = Replayer(config, TICK_INTERVAL_SECONDS)
+    if not presence_skip:
+        replayer.pipeline.engine = Engine(config, presence_skip=False)
     profiler = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -68,16 +78,17 @@ def replay_cpu(
         profiler = Profiler(interval=0.0005)
         profiler.start()
     begin = time.process_time()
-    transitions = 0
+    produced = []
     for message in messages:
-        transitions += len(replayer.feed(message))
+        produced += replayer.feed(message)
     if messages:
-        transitions += len(replayer.finish(messages[-1].received_at + timedelta(minutes=1)))
+        produced += replayer.finish(messages[-1].received_at + timedelta(minutes=1))
     cpu_s = time.process_time() - begin
+    digest = hashlib.sha256("\n".join(map(repr, produced)).encode()).hexdigest()[:16]
     if profiler is not None and profile is not None:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=False, color=False, show_all=False))
-    return ReplayResult(len(messages), transitions, cpu_s)
+    return ReplayResult(len(messages), len(produced), cpu_s, digest)
 
 
 def main() -> int:
@@ -86,6 +97,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--limit", type=int, default=None, help="replay only the first N lines")
     parser.add_argument("--profile", type=Path, default=None, help="pyinstrument text here")
+    parser.add_argument("--no-presence-skip", action="store_true",
+                        help="measure every fix against every zone (A/B of the skip)")
     parser.add_argument("--input", type=Path, nargs=2, metavar=("CONFIG_DIR", "JSONL"),
                         help="an existing fleet (emon sim fleet --write-config --out)")
     args = parser.parse_args()
@@ -98,11 +111,12 @@ def main() -> int:
         print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
         print(f"fleet: {args.subjects} subjects, {len(lines):,} messages for one day "
               f"(built in {time.perf_counter() - begin:.0f} s)")
-        result = replay_cpu(config_dir, lines, args.limit, args.profile)
+        result = replay_cpu(config_dir, lines, args.limit, args.profile,
+                            presence_skip=not args.no_presence_skip)
     print(f"replay of the pure core: {result.messages:,} messages in {result.cpu_s:.1f} CPU s "
           f"= {result.pings_per_s:,.0f} msg/s on one core "
           f"({1e6 / max(result.pings_per_s, 1e-9):.1f} us/msg), "
-          f"{result.transitions:,} alert transitions")
+          f"{result.transitions:,} alert transitions (digest {result.digest})")
     return 0
 
 

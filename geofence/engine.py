@@ -55,12 +55,14 @@ LATE_SETTLE = timedelta(minutes=2)
 class Engine:
     """Applies a `CoreConfig` to observations. One instance per daemon (or replay run)."""
 
-    def __init__(self, config: CoreConfig) -> None:
+    def __init__(self, config: CoreConfig, presence_skip: bool = True) -> None:
+        """`presence_skip=False` measures every fix against every zone (the reference the
+        skip of `ZoneRules` is checked against; no decision differs)."""
         self._config = config
         self.stats: Counter[str] = Counter()
         self._devices: dict[str, DeviceState] = {}
         self._rules = RuleStates(self.stats)
-        self._zone_rules = ZoneRules()
+        self._zone_rules = ZoneRules(skip_unmoved=presence_skip)
         self._device_rules = DeviceRules()
         self._wakeups: list[tuple[datetime, str]] = []
         # Issue 5 part A: subject-level rules (separation, check-ins, authorisation).

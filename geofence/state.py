@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import MutableSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import shapely
@@ -21,6 +21,9 @@ from geofence.config import CoreConfig, DeviceThresholds, SubjectSpec, ZoneRuleP
 from geofence.history import FixHistory, LazySet, RecentItems, RecentTimes
 from geofence.observation import DeviceEventType, DeviceKind, LocationFix
 from geofence.zones import Presence
+
+if TYPE_CHECKING:
+    from geofence.zonerules import PresenceAnchors
 
 # Evaluated fixes remembered per device to place late fixes between their neighbours: two
 # hours at one fix a minute. Older late fixes are stored by the shell but not audited.
@@ -122,6 +125,9 @@ class DeviceState:
     last_fix: LocationFix | None = None
     last_xy: tuple[float, float] | None = None
     memberships: dict[str, Membership] = field(default_factory=dict)
+    # Where each zone track was last measured (`geofence.zonerules`): a fix too near to
+    # change its presence is not measured again.
+    presence_anchors: PresenceAnchors | None = None
     # The last segment between two evaluated fixes, waiting for the next fix to show its
     # end was real before a crossing is inferred along it.
     crossing_candidate: tuple[PlacedFix, PlacedFix] | None = None

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -56,6 +57,12 @@ LEAVE_PREFIX = "leave:"
 LEAVE_TRACK_LEAD = timedelta(days=1)
 # How many late fixes an audit finding quotes as evidence.
 LATE_EVIDENCE_FIXES = 5
+# The presence skip (`ZoneRules._update_tracks`): zones farther than this from a fix are not
+# looked at for how far it may move, so it never moves farther than this unmeasured.
+PRESENCE_SKIP_SEARCH_M = 250.0
+# Taken off every skip reach: GEOS distances and the projection are exact to ~1e-9 m, the
+# Lipschitz argument needs them exact, and a centimetre costs nothing.
+PRESENCE_SKIP_EPSILON_M = 0.01
 # A fix reached and left faster than this (~36 km/h), with the next fix back where the
 # device came from, is an outlier for the crossing rule.
 SPIKE_SPEED_MPS = 10.0
@@ -76,6 +83,54 @@ class Track:
     key: str
     zone: Zone
     rule: RuleId  # whose dwell parameters apply
+
+
+@dataclass(slots=True)
+class PresenceAnchors:
+    """Where each zone track of a device (and the subject's exclusions together) was last
+    measured, and how far a later fix may be from there (metres moved plus metres of
+    accuracy changed) with the same presence and the same exclusion zones measured.
+    Signed distance to an edge, and distance to a box, change by at most the distance
+    moved (1-Lipschitz), so such a fix would feed the track what it was fed last time,
+    which changes nothing (`_settled`); it is not measured.
+
+    Valid for one config and one list of tracks. `slots` holds, per track in order and
+    then for the exclusions, x, y, accuracy and reach (a reach <= 0: no anchor): one
+    array of floats, since every device keeps one (~200 bytes, not ~700 as objects)."""
+
+    config: CoreConfig
+    tracks: list[Track]
+    track_keys: tuple[str, ...] | None  # kept only when the list is rebuilt per fix (leave)
+    slots: array[float]
+
+    @classmethod
+    def fresh(cls, config: CoreConfig, tracks: list[Track], rebuilt: bool) -> PresenceAnchors:
+        keys = tuple(t.key for t in tracks) if rebuilt else None
+        return cls(config, tracks, keys, array("d", [0.0, 0.0, 0.0, -1.0]) * (len(tracks) + 1))
+
+    def fits(self, config: CoreConfig, tracks: list[Track]) -> bool:
+        if self.config is not config:
+            return False
+        if self.tracks is tracks:
+            return True
+        return self.track_keys is not None and self.track_keys == tuple(t.key for t in tracks)
+
+    def within(self, index: int, xy: tuple[float, float], accuracy_m: float) -> bool:
+        base = 4 * index
+        slots = self.slots
+        reach = slots[base + 3]
+        return reach > 0.0 and (
+            math.hypot(xy[0] - slots[base], xy[1] - slots[base + 1])
+            + abs(accuracy_m - slots[base + 2])
+            < reach
+        )
+
+    def set(self, index: int, placed: PlacedFix, reach: float) -> None:
+        """Anchor slot `index` at this fix (reach already less the epsilon)."""
+        base = 4 * index
+        slots = self.slots
+        slots[base], slots[base + 1] = placed.xy
+        slots[base + 2], slots[base + 3] = placed.fix.accuracy_m, reach
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +206,89 @@ def _exclusion_presences(
     return inside, near
 
 
+def _settled(membership: Membership, presence: Presence) -> bool:
+    """Whether feeding `presence` again would leave the membership exactly as it is."""
+    return presence is Presence.UNCERTAIN or (
+        presence is membership.confirmed and membership.pending is None
+    )
+
+
+def _inclusion_slack(
+    presence: Presence, signed: float, accuracy: float, margin: float, exact: bool
+) -> float:
+    """How far `signed` and `accuracy` may each move (their changes summed) with
+    `inclusion_presence` still `presence`; negative if that is not known. `signed` is the
+    true signed distance when `exact`, else a bound on it (then only INSIDE/OUTSIDE, where
+    the presence is monotone in the distance, can be kept)."""
+    if inclusion_presence(signed, accuracy, margin) is not presence:
+        return -1.0
+    if presence is Presence.OUTSIDE:
+        return signed - accuracy - margin
+    if presence is Presence.INSIDE:
+        return min(-signed, margin - accuracy - signed)
+    if not exact:
+        return -1.0
+    not_outside = margin - (signed - accuracy)
+    not_inside = max(signed, accuracy + signed - margin)
+    return min(not_outside, not_inside)
+
+
+def _exclusion_slack(
+    presence: Presence, signed: float, accuracy: float, params: ZoneRuleParams, exact: bool
+) -> float:
+    """As `_inclusion_slack`, for `exclusion_presence`."""
+    margin, max_accuracy = params.margin_m, params.max_accuracy_m
+    if exclusion_presence(signed, accuracy, margin, max_accuracy) is not presence:
+        return -1.0
+    if presence is Presence.OUTSIDE:
+        return signed - accuracy - margin
+    if presence is Presence.INSIDE:
+        return min(accuracy - signed - margin, max_accuracy - accuracy)
+    if not exact:
+        return -1.0
+    not_outside = margin - (signed - accuracy)
+    not_inside = max(accuracy - max_accuracy, margin - (accuracy - signed))
+    return min(not_outside, not_inside)
+
+
+def _inclusion_presence_slack(
+    zone: Zone, placed: PlacedFix, params: ZoneRuleParams
+) -> tuple[Presence, float]:
+    """`_inclusion_presence`, and how far the next fix may move with it unchanged."""
+    accuracy = placed.fix.accuracy_m
+    cap = accuracy + params.margin_m
+    value, bound, reach, exact = zone.signed_distance_bounded_m(
+        *placed.xy, cap, _point_within(zone, placed, cap)
+    )
+    presence = inclusion_presence(value, accuracy, params.margin_m)
+    slack = _inclusion_slack(presence, bound, accuracy, params.margin_m, exact)
+    return presence, min(slack, reach)
+
+
+def _exclusion_presences_slack(
+    zone: Zone,
+    placed: PlacedFix,
+    entry: ZoneRuleParams,
+    approach: ZoneRuleParams,
+    band_m: float,
+) -> tuple[tuple[Presence, Presence | None], float]:
+    """`_exclusion_presences`, and how far the next fix may move with both unchanged."""
+    accuracy = placed.fix.accuracy_m
+    cap = accuracy + max(entry.margin_m, approach.margin_m) + band_m
+    value, bound, reach, exact = zone.signed_distance_bounded_m(
+        *placed.xy, cap, _point_within(zone, placed, cap)
+    )
+    inside = exclusion_presence(value, accuracy, entry.margin_m, entry.max_accuracy_m)
+    slack = min(reach, _exclusion_slack(inside, bound, accuracy, entry, exact))
+    if band_m <= 0.0:
+        return (inside, None), slack
+    near = exclusion_presence(
+        value - band_m, accuracy, approach.margin_m, approach.max_accuracy_m
+    )
+    slack = min(slack, _exclusion_slack(near, bound - band_m, accuracy, approach, exact))
+    return (inside, near), slack
+
+
 def _approach_may_raise(entry: Membership | None, band: Membership) -> bool:
     """An approach warning is for someone who came near and stayed out: not while they are
     (or are about to be confirmed) inside, and not for the walk out after a visit."""
@@ -170,7 +308,9 @@ def _approach_may_raise(entry: Membership | None, band: Membership) -> bool:
 class ZoneRules:
     """Stateless apart from per-config caches; all device state lives in `DeviceState`."""
 
-    def __init__(self) -> None:
+    def __init__(self, skip_unmoved: bool = True) -> None:
+        # False only to check the skip against the full measurement (tests, benchmarks).
+        self.skip_unmoved = skip_unmoved
         self._cache_for: CoreConfig | None = None
         self._subject_zones: dict[str, _SubjectZones] = {}
         self._fixed_tracks: dict[str, list[Track]] = {}
@@ -230,44 +370,88 @@ class ZoneRules:
 
     def _update_tracks(self, ctx: EvalContext, placed: PlacedFix) -> bool:
         """Feed one in-order fix to every track; True if any confirmed or pending presence
-        changed (otherwise no zone rule can change at this fix)."""
+        changed (otherwise no zone rule can change at this fix).
+
+        A track (or the exclusions together) is not measured at a fix too close to the
+        fix it was last measured at to change its presence (`PresenceAnchors`): feeding it
+        would change nothing."""
         config, subject, state = ctx.config, ctx.subject, ctx.state
         rules = config.rules
         ts = placed.fix.ts
+        accuracy = placed.fix.accuracy_m
+        xy = placed.xy
+        tracks = self._tracks_at(config, subject, ts)
+        anchors = state.presence_anchors
+        if anchors is None or not self.skip_unmoved or not anchors.fits(config, tracks):
+            anchors = PresenceAnchors.fresh(config, tracks, rebuilt=bool(subject.leaves))
+            state.presence_anchors = anchors if self.skip_unmoved else None
         changed = False
-        for track in self._tracks_at(config, subject, ts):
+        memberships = state.memberships
+        unmoved = True
+        for index, track in enumerate(tracks):
+            if anchors.within(index, xy, accuracy):
+                continue
+            unmoved = False
             params = rules.zone_params(track.rule)
-            presence = _inclusion_presence(track.zone, placed, params)
-            changed |= _feed(state.memberships, track.key, presence, ts, params)
-        measured: set[str] = set()
+            presence, slack = _inclusion_presence_slack(track.zone, placed, params)
+            changed |= _feed(memberships, track.key, presence, ts, params)
+            if not _settled(memberships[track.key], presence):
+                slack = -1.0
+            anchors.set(index, placed,
+                        min(slack, PRESENCE_SKIP_SEARCH_M) - PRESENCE_SKIP_EPSILON_M)
         zones = self._zones_of(config, subject)
-        if not zones.assignments:
-            return changed
+        if zones.assignments and not anchors.within(len(tracks), xy, accuracy):
+            unmoved = False
+            changed |= self._update_exclusions(ctx, placed, zones, anchors, len(tracks))
+        if unmoved:
+            ctx.stats["fix_presence_unmoved"] += 1
+        return changed
+
+    @staticmethod
+    def _update_exclusions(
+        ctx: EvalContext,
+        placed: PlacedFix,
+        zones: _SubjectZones,
+        anchors: PresenceAnchors,
+        slot: int,
+    ) -> bool:
+        rules, memberships = ctx.config.rules, ctx.state.memberships
+        ts = placed.fix.ts
         entry = rules.zone_params(RuleId.EXCLUSION_ENTRY)
         approach = rules.zone_params(RuleId.EXCLUSION_APPROACH)
         radius = placed.fix.accuracy_m + max(entry.margin_m, approach.margin_m) + zones.max_band_m
         x, y = placed.xy
         # Bounding-box candidates: a zone left out is clear of the circle, margin and band;
-        # one let in is measured exactly below.
-        for zone in zones.index.candidates(x - radius, y - radius, x + radius, y + radius):
+        # one let in is measured exactly below. `reach`: how far the next fix may be from
+        # this one with the same candidates and every presence as now.
+        candidates, reach = zones.index.candidates_with_reach(
+            x - radius, y - radius, x + radius, y + radius, PRESENCE_SKIP_SEARCH_M
+        )
+        changed = False
+        measured: set[str] = set()
+        for zone in candidates:
             assignment = zones.assignments[zone.zone_id]
-            inside, near = _exclusion_presences(zone, placed, entry, approach,
-                                                assignment.approach_m)
-            changed |= _feed(state.memberships, zone.zone_id, inside, ts, entry)
+            (inside, near), slack = _exclusion_presences_slack(
+                zone, placed, entry, approach, assignment.approach_m
+            )
+            changed |= _feed(memberships, zone.zone_id, inside, ts, entry)
             measured.add(zone.zone_id)
+            settled = _settled(memberships[zone.zone_id], inside)
             if near is not None:
                 key = approach_key(zone.zone_id)
-                changed |= _feed(state.memberships, key, near, ts, approach)
+                changed |= _feed(memberships, key, near, ts, approach)
                 measured.add(key)
+                settled = settled and _settled(memberships[key], near)
+            reach = min(reach, slack if settled else -1.0)
         # Zones the index did not return are clear of the whole circle, band and margin.
         # Once confirmed clear, with nothing pending or raised, their track is forgotten: it
         # holds nothing a fresh one would not, and a subject with thousands of zones (all
         # the schools of a district) keeps only the few it is near.
-        for key in list(state.memberships):
+        for key in list(memberships):
             if key in zones.keys and key not in measured:
                 params = approach if key.endswith(APPROACH_SUFFIX) else entry
-                changed |= _feed(state.memberships, key, Presence.OUTSIDE, ts, params)
-                membership = state.memberships[key]
+                changed |= _feed(memberships, key, Presence.OUTSIDE, ts, params)
+                membership = memberships[key]
                 zone_id = key.removesuffix(APPROACH_SUFFIX)
                 if (
                     membership.confirmed is Presence.OUTSIDE
@@ -275,7 +459,10 @@ class ZoneRules:
                     and not ctx.active(RuleId.EXCLUSION_ENTRY, zone_id)
                     and not ctx.active(RuleId.EXCLUSION_APPROACH, zone_id)
                 ):
-                    del state.memberships[key]
+                    del memberships[key]
+                else:
+                    reach = -1.0  # kept: the next fix would be fed to it again
+        anchors.set(slot, placed, reach - PRESENCE_SKIP_EPSILON_M)
         return changed
 
     # ------------------------------------------------------------------ entry points

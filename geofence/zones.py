@@ -24,6 +24,11 @@ BEYOND_CAP_M = 1.0
 # their edge: fixes with accuracy plus margin under 200 m then never measure the edge.
 SHORTCUT_MIN_VERTICES = 64
 SHORTCUT_M = 200.0
+# How far inside SHORTCUT_M a shrunk/grown copy is known to be exact: GEOS approximates
+# the buffer's round joins with 8 chords per quarter circle, whose sagitta at 200 m is
+# 0.96 m, so a point in the shrunk copy is at least ~199 m inside the edge and every point
+# within ~199 m of the zone is in the grown copy. 5 m leaves room to spare.
+SHORTCUT_SURE_M = SHORTCUT_M - 5.0
 # Up to this many zones, a linear scan of bounding boxes beats an STRtree query (whose
 # fixed cost is tens of microseconds); above it the tree keeps the cost logarithmic.
 LINEAR_SCAN_MAX_ZONES = 32
@@ -192,6 +197,43 @@ class Zone:
         edge_distance = float(self.boundary_m.distance(point))
         return -edge_distance if inside else edge_distance
 
+    def signed_distance_bounded_m(
+        self, x: float, y: float, cap_m: float, point: BaseGeometry | None = None
+    ) -> tuple[float, float, float, bool]:
+        """`signed_distance_capped_m` (first), with what it proves about the true signed
+        distance for the presence skip of `geofence.zonerules`:
+
+        * a bound (second): the true signed distance is on the same side as the bound and at
+          least as far from the edge (equal to the first value when it was measured);
+        * a reach in metres (third): a point closer than that to this one takes a path of
+          the capped test that agrees with the true distance (for a district, one that is
+          not answered by its approximate shrunk/grown copies unless this one was);
+        * whether the distance was measured (fourth: the bound is then the true distance).
+
+        Same branches as `signed_distance_capped_m`, so the first value is always equal."""
+        min_x, min_y, max_x, max_y = self.bounds_m
+        dx = max(min_x - x, 0.0, x - max_x)
+        dy = max(min_y - y, 0.0, y - max_y)
+        beyond = cap_m + BEYOND_CAP_M
+        box_sq = dx * dx + dy * dy
+        if box_sq > cap_m * cap_m:
+            return beyond, math.sqrt(box_sq), math.inf, False
+        if point is None:
+            point = shapely.Point(x, y)
+        inside = bool(self.geometry_m.contains(point))
+        if self.inner_m is None or self.outer_m is None:
+            edge_distance = float(self.boundary_m.distance(point))
+            signed = -edge_distance if inside else edge_distance
+            return signed, signed, math.inf, True
+        if cap_m < SHORTCUT_M:
+            if inside and self.inner_m.contains(point):
+                return -beyond, -SHORTCUT_SURE_M, math.inf, False
+            if not inside and not self.outer_m.contains(point):
+                return beyond, SHORTCUT_SURE_M, math.inf, False
+        edge_distance = float(self.boundary_m.distance(point))
+        signed = -edge_distance if inside else edge_distance
+        return signed, signed, SHORTCUT_SURE_M - edge_distance, True
+
     def chord(self, start: tuple[float, float], end: tuple[float, float]) -> Chord | None:
         """How the straight segment start->end runs through the zone: None if it misses it."""
         line = shapely.LineString([start, end])
@@ -259,6 +301,33 @@ class ZoneIndex:
             ]
         hits = self._tree.query(shapely.box(min_x, min_y, max_x, max_y))
         return [self._zones[int(i)] for i in sorted(hits)]
+
+    def candidates_with_reach(
+        self, min_x: float, min_y: float, max_x: float, max_y: float, search_m: float
+    ) -> tuple[list[Zone], float]:
+        """`candidates` of the box, and how far (metres, at most `search_m`) the box may
+        move or grow before that list could change: its L-infinity distance to the nearest
+        zone box left out, and to the nearest edge of a candidate's box it could leave."""
+        reach = search_m
+        if len(self._zones) <= LINEAR_SCAN_MAX_ZONES:
+            pool: Iterable[Zone] = self._zones
+        else:
+            hits = self._tree.query(
+                shapely.box(min_x - search_m, min_y - search_m, max_x + search_m,
+                            max_y + search_m)
+            )
+            pool = [self._zones[int(i)] for i in sorted(hits)]
+        found: list[Zone] = []
+        for zone in pool:
+            z_min_x, z_min_y, z_max_x, z_max_y = zone.bounds_m
+            # Positive when the boxes overlap by that much on every axis; minus the gap else.
+            overlap = min(z_max_x - min_x, max_x - z_min_x, z_max_y - min_y, max_y - z_min_y)
+            if overlap >= 0.0:
+                found.append(zone)
+                reach = min(reach, overlap)
+            else:
+                reach = min(reach, -overlap)
+        return found, reach
 
     def __len__(self) -> int:
         return len(self._zones)

@@ -117,8 +117,10 @@ def make_rules_config(
     subject_thresholds: dict[DeviceKind, DeviceThresholds] | None = None,
     devices: Iterable[tuple[str, DeviceKind]] = ((TAG, DeviceKind.WEARABLE),
                                                  (PHONE, DeviceKind.PHONE)),
+    zone_map: dict[str, Zone] | None = None,
 ) -> CoreConfig:
-    zone_map = zones()
+    if zone_map is None:
+        zone_map = zones()
     curfew = Schedule("curfew", (Window(time(22), time(6)),))
     work_hours = Schedule(
         "work-hours",
