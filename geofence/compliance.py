@@ -119,6 +119,10 @@ class ComplianceRules:
         self._reschedule(config, subject, state)
         return self.filter(config, findings + mine)
 
+    def due_by(self, now: datetime) -> bool:
+        """Whether a subject's moment (check-in deadline, authorisation) is due by `now`."""
+        return bool(self._wakeups and self._wakeups[0][0] <= now)
+
     def after_tick(
         self, config: CoreConfig, now: datetime, findings: list[Finding]
     ) -> list[Finding]:
