@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import pytest
 from prometheus_client import REGISTRY
@@ -41,3 +42,42 @@ async def test_survivors_are_frozen_and_collections_timed(
         assert survivors[-1] == [4_999]
     finally:
         gc.unfreeze()  # the rest of the test process is not the daemon's
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+async def test_young_cycles_are_freed_not_frozen_and_the_daily_refreeze_frees_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(gcpolicy, "GC_FREEZE_INTERVAL_SECONDS", 0.01)
+    monkeypatch.setattr(gcpolicy, "GC_REFREEZE_INTERVAL_SECONDS", 3600.0)
+    stop = asyncio.Event()
+    try:
+        task = asyncio.create_task(gcpolicy.freeze_periodically(stop), name="test-gc-freeze")
+        # Garbage when the next freeze comes: collected first, so never frozen.
+        young = _Cycle()
+        young_ref = weakref.ref(young)
+        del young
+        await asyncio.sleep(0.1)
+        assert young_ref() is None
+        # Frozen while alive, then dropped: only the daily full collection frees it.
+        alive = _Cycle()
+        alive_ref = weakref.ref(alive)
+        await asyncio.sleep(0.1)
+        del alive
+        gc.collect()
+        assert alive_ref() is not None  # frozen: the automatic collections skip it
+        monkeypatch.setattr(gcpolicy, "GC_REFREEZE_INTERVAL_SECONDS", 0.0)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        stop.clear()
+        task = asyncio.create_task(gcpolicy.freeze_periodically(stop), name="test-gc-refreeze")
+        await asyncio.sleep(0.1)
+        assert alive_ref() is None
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    finally:
+        gc.unfreeze()
