@@ -81,3 +81,14 @@ async def test_young_cycles_are_freed_not_frozen_and_the_daily_refreeze_frees_th
         await asyncio.wait_for(task, 5)
     finally:
         gc.unfreeze()
+
+
+def test_start_up_freeze_sets_the_daemons_thresholds() -> None:
+    before = gc.get_threshold()
+    try:
+        gcpolicy.freeze_survivors()
+        assert gc.get_threshold() == gcpolicy.GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.set_threshold(*before)
+        gc.unfreeze()
