@@ -198,11 +198,21 @@ def journal_errors(daemon: DaemonProcess) -> float:
     return daemon.metric_sum("emon_store_journal_write_errors_total")
 
 
-async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(
-    fleet_config: tuple[Fleet, Path], private_mosquitto: MosquittoProcess, pg_dsn: str,
-    tmp_path: Path,
-) -> None:
-    broker = private_mosquitto
+@dataclass
+class UnderLoad:
+    load: Load
+    watch: AlertWatch
+    daemon: DaemonProcess
+    publisher: asyncio.Task[int]  # resolves to the publishes the broker acknowledged
+
+
+@contextlib.asynccontextmanager
+async def fleet_under_load(
+    fleet_config: tuple[Fleet, Path], broker: MosquittoProcess, pg_dsn: str, tmp_path: Path,
+) -> AsyncIterator[UnderLoad]:
+    """The fleet's daemon running, an alert watcher, and the whole load being published
+    reliably (resent until acknowledged) at TARGET_RATE_PER_SECOND: the fault goes in
+    while it runs."""
     load = build_load(fleet_config[0])
     async with (
         AlertWatch(broker.host, broker.port) as watch,
@@ -210,19 +220,34 @@ async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(
     ):
         publisher = asyncio.create_task(publish_reliably(
             broker.host, broker.port, load.messages, client_id=new_client_id("t-fleet"),
-            pace_per_second=TARGET_RATE_PER_SECOND))
+            pace_per_second=TARGET_RATE_PER_SECOND), name="test-fault-publisher")
+        try:
+            yield UnderLoad(load, watch, daemon, publisher)
+        finally:
+            if not publisher.done():  # the test failed before it awaited the publisher
+                publisher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await publisher
+
+
+async def test_kill_9_under_load_loses_nothing_and_doubles_nothing(
+    fleet_config: tuple[Fleet, Path], private_mosquitto: MosquittoProcess, pg_dsn: str,
+    tmp_path: Path,
+) -> None:
+    async with fleet_under_load(fleet_config, private_mosquitto, pg_dsn, tmp_path) as run:
+        load, daemon = run.load, run.daemon
         loop = asyncio.get_running_loop()
         started = loop.time()
         before_kill = await wait_until_processed(daemon, len(load.messages) / 3)
         await asyncio.to_thread(daemon.kill)  # SIGKILL: no drain, nothing flushed
         daemon.start()
-        acknowledged = await publisher
+        acknowledged = await run.publisher
         publish_seconds = loop.time() - started
         await daemon.wait_healthy()
         await wait_all_stored(pg_dsn, load)
         await asyncio.sleep(1.0)  # the alert transitions' publication after the records
         assert await asyncio.to_thread(daemon.stop) == 0
-        counts = await survived(pg_dsn, load, watch)
+        counts = await survived(pg_dsn, load, run.watch)
     report("kill -9 under load", sent=len(load.messages), acknowledged_by_broker=acknowledged,
            rate_per_s=int(len(load.messages) / publish_seconds),
            handled_before_kill=int(before_kill), **counts)
@@ -234,22 +259,16 @@ async def test_broker_restart_under_load_loses_nothing(
     tmp_path: Path,
 ) -> None:
     broker = private_mosquitto
-    load = build_load(fleet_config[0])
-    async with (
-        AlertWatch(broker.host, broker.port) as watch,
-        fleet_daemon(fleet_config, broker, pg_dsn, tmp_path) as daemon,
-    ):
-        publisher = asyncio.create_task(publish_reliably(
-            broker.host, broker.port, load.messages, client_id=new_client_id("t-fleet"),
-            pace_per_second=TARGET_RATE_PER_SECOND))
+    async with fleet_under_load(fleet_config, broker, pg_dsn, tmp_path) as run:
+        load, daemon = run.load, run.daemon
         before = await wait_until_processed(daemon, len(load.messages) / 3)
         await asyncio.to_thread(broker.restart)  # SIGTERM (persistence saved), start
-        acknowledged = await publisher
+        acknowledged = await run.publisher
         await wait_all_stored(pg_dsn, load)
         await asyncio.sleep(1.0)
         reconnects = await asyncio.to_thread(daemon.metric_sum, "emon_mqtt_reconnects_total")
         assert await asyncio.to_thread(daemon.stop) == 0
-        counts = await survived(pg_dsn, load, watch)
+        counts = await survived(pg_dsn, load, run.watch)
     report("broker restart under load", sent=len(load.messages),
            acknowledged_by_broker=acknowledged, handled_before_restart=int(before),
            daemon_reconnects=int(reconnects), **counts)
