@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ import psycopg
 import pytest
 
 from daemon.localservices import MosquittoProcess
+from daemon.pipeline import Pipeline
 from tests.daemon_helpers import daemon_config, metric, running_daemon
 from tests.test_log_privacy import leaks, log_texts
 
@@ -40,6 +42,30 @@ def fix(at: datetime) -> bytes:
     return json.dumps(
         {"ts": at.isoformat(), "lat": LAT, "lon": LON, "acc": 8.0, "src": "gnss", "batt": 80}
     ).encode()
+
+
+def reader_config(mosquitto: MosquittoProcess, pg_dsn: str) -> Any:
+    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
+            "client_id": f"emon-fault-reader-{uuid.uuid4().hex[:8]}"}
+    return daemon_config(CONFIG_DIR, dsn=pg_dsn, mqtt=mqtt)
+
+
+def poison(pipeline: Pipeline, fails: Callable[[str, bytes], bool]) -> None:
+    """Make the pipeline raise for the messages `fails` picks (the exception text quotes
+    the payload, as a careless one would); every other message is handled as usual."""
+    original = pipeline.handle
+
+    def poisoned(
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        future_reference: datetime | None = None,
+    ) -> Any:
+        if fails(topic, payload):
+            raise RuntimeError(f"injected failure for {payload!r}")
+        return original(topic, payload, received_at, future_reference)
+
+    pipeline.handle = poisoned  # type: ignore[method-assign]
 
 
 async def stored_pings(dsn: str) -> list[datetime]:
@@ -60,9 +86,7 @@ async def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_is_
     mosquitto: MosquittoProcess, pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
-            "client_id": f"emon-fault-reader-{uuid.uuid4().hex[:8]}"}
-    loaded = daemon_config(CONFIG_DIR, dsn=pg_dsn, mqtt=mqtt)
+    loaded = reader_config(mosquitto, pg_dsn)
     now = datetime.now(UTC).replace(microsecond=0)
     poisoned_at, good_at = now - timedelta(seconds=20), now - timedelta(seconds=10)
     failed_before = metric("emon_messages_failed_total", stage="evaluate")
@@ -71,20 +95,8 @@ async def test_a_message_whose_handling_raises_is_dead_lettered_and_the_next_is_
                               identifier=f"t-watch-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe(f"emon/v1/deadletter/{DEVICE}", qos=1)
         async with running_daemon(loaded) as daemon:
-            pipeline = daemon._pipeline
-            original = pipeline.handle
-
-            def poisoned(
-                topic: str,
-                payload: bytes,
-                received_at: datetime,
-                future_reference: datetime | None = None,
-            ) -> Any:
-                if poisoned_at.isoformat().encode() in payload:
-                    raise RuntimeError(f"injected failure for {payload!r}")  # quotes the fix
-                return original(topic, payload, received_at, future_reference)
-
-            pipeline.handle = poisoned  # type: ignore[method-assign]
+            poison(daemon._pipeline,
+                   lambda _topic, payload: poisoned_at.isoformat().encode() in payload)
             await client.publish(TOPIC, fix(poisoned_at), qos=1)
             await client.publish(TOPIC, fix(good_at), qos=1)
             await until(lambda: _true_if(stored_pings(pg_dsn), [good_at]), "the good fix stored")
@@ -140,28 +152,13 @@ async def test_a_protected_persons_message_that_raises_is_counted_and_dropped_un
     caplog.set_level(logging.INFO)
     protected_id = "v-fault-test"
     protected_topic = f"emon/v1/protected/{protected_id}/location"
-    mqtt = {"host": mosquitto.host, "port": mosquitto.port,
-            "client_id": f"emon-fault-reader-{uuid.uuid4().hex[:8]}"}
-    loaded = daemon_config(CONFIG_DIR, dsn=pg_dsn, mqtt=mqtt)
+    loaded = reader_config(mosquitto, pg_dsn)
     failed_before = metric("emon_messages_failed_total", stage="evaluate")
     async with aiomqtt.Client(mosquitto.host, mosquitto.port,
                               identifier=f"t-watch-{uuid.uuid4().hex[:8]}") as client:
         await client.subscribe("emon/v1/deadletter/#", qos=1)
         async with running_daemon(loaded) as daemon:
-            pipeline = daemon._pipeline
-            original = pipeline.handle
-
-            def poisoned(
-                topic: str,
-                payload: bytes,
-                received_at: datetime,
-                future_reference: datetime | None = None,
-            ) -> Any:
-                if topic == protected_topic:
-                    raise RuntimeError(f"injected failure for {payload!r}")
-                return original(topic, payload, received_at, future_reference)
-
-            pipeline.handle = poisoned  # type: ignore[method-assign]
+            poison(daemon._pipeline, lambda topic, _payload: topic == protected_topic)
             await client.publish(protected_topic, fix(datetime.now(UTC)), qos=1)
             await until(_async(lambda: metric("emon_messages_failed_total", stage="evaluate")
                                - failed_before == 1), "the failure counted")
