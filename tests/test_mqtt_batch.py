@@ -28,6 +28,14 @@ async def _receive(client: aiomqtt.Client, n: int) -> list[aiomqtt.Message]:
     raise AssertionError("message iteration ended")
 
 
+async def _synced(client: aiomqtt.Client, topic: str) -> None:
+    """A QoS 1 publish's PUBACK comes back only once the broker has read everything sent
+    before it on this stream, the PUBACKs included. Without it, runs under load twice saw
+    acknowledgements written just before a clean DISCONNECT not yet applied when the
+    session was taken up again (the messages came back: redelivery, never loss)."""
+    await client.publish(f"{topic}/sync", b"", qos=1)
+
+
 def _session(broker: MosquittoProcess, client_id: str) -> aiomqtt.Client:
     client = aiomqtt.Client(broker.host, broker.port, identifier=client_id, clean_session=False)
     client._client.manual_ack_set(True)
@@ -63,10 +71,7 @@ async def test_batched_reads_and_acks_keep_order_and_redeliver_the_unacknowledge
         # paho alone reads one PUBLISH per readable event; batched, several per event.
         assert reads < MESSAGES
         ack_many(session._client, [(m.mid, m.qos) for m in received[:ACKED]])
-        # A QoS 1 publish's PUBACK comes back only once the broker has read everything
-        # sent before it on this stream, the PUBACKs included. (Without it, a run under
-        # load once saw 6 of them not yet applied when the session was taken up again.)
-        await session.publish(f"{topic}/sync", b"", qos=1)
+        await _synced(session, topic)
 
     async with _session(mosquitto, client_id) as again:
         redelivered = await _receive(again, MESSAGES - ACKED)
@@ -74,6 +79,7 @@ async def test_batched_reads_and_acks_keep_order_and_redeliver_the_unacknowledge
             str(i).encode() for i in range(ACKED, MESSAGES)
         ]
         ack_many(again._client, [(m.mid, m.qos) for m in redelivered])
+        await _synced(again, topic)
 
     async with _session(mosquitto, client_id) as last:
         # Everything acknowledged: nothing comes back (a message published now does).
